@@ -1,0 +1,88 @@
+"""The `chatsieve` command: `prepare` runs the job, `sample` writes the built-in sample data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs.config import add_prepare_arguments, config_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatsieve",
+        description="Turn raw chat conversations into a clean, deduplicated, chat-templated fine-tuning dataset.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="read, normalize, tokenize, filter and write a dataset",
+        description="Read conversations, normalize them, render the chat template, count tokens, drop "
+        "over-long rows and write chat-templated Parquet shards with an audit of every removed row.",
+    )
+    add_prepare_arguments(prepare)
+
+    from jobs.sample import add_sample_arguments
+
+    sample = commands.add_parser(
+        "sample",
+        help="write synthetic conversations (mixed formats, planted duplicates and bad rows)",
+    )
+    add_sample_arguments(sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "sample":
+        from jobs.sample import run_sample
+
+        summary = run_sample(args)
+        print(summary)
+        return 0
+
+    from jobs import prepare
+    from operators.write import OutputExistsError
+
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"chatsieve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        manifest = prepare.run(config)
+    except (OutputExistsError, ValueError) as exc:
+        print(f"chatsieve: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(manifest, config.output.path))
+    return 0
+
+
+def summary_table(manifest: dict, output: str) -> str:
+    rows = manifest["rows"]
+    lines = [
+        "",
+        f"{'stage':<16}{'in':>10}{'out':>10}  dropped",
+    ]
+    for stage in rows["stages"]:
+        dropped = ", ".join(f"{r}={n}" for r, n in stage["dropped"].items()) or "-"
+        lines.append(f"{stage['stage']:<16}{stage['in']:>10}{stage['out']:>10}  {dropped}")
+    lines.append("")
+    lines.append(
+        f"read {rows['read']} = kept {rows['kept']} + removed {rows['removed']} + rejected {rows['rejected']}"
+    )
+    timings = manifest["timings_s"]
+    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    lines.append(f"output: {output} (data/, removed/, rejected/, manifest.json, README.md)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The prepare job's configuration: frozen dataclasses filled from defaults, a YAML file, then flags.
+
+One table (`OPTIONS`) defines every option once: its flag, its YAML key, its type, its help. The CLI
+and the YAML loader both go through `PrepareConfig.from_options`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from operators.normalize import NormalizeConfig
+from operators.tokens import TokenizerConfig
+
+SAMPLE_INPUT = "sample"
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    # 4096 is the tutorial's limit for Mistral-7B fine-tuning; rows over it are dropped, never truncated.
+    max_tokens: int = 4096
+    min_tokens: int = 0
+
+    def __post_init__(self):
+        if self.min_tokens < 0:
+            raise ValueError(f"--min-tokens must be >= 0, got {self.min_tokens}")
+        if self.max_tokens < max(1, self.min_tokens):
+            raise ValueError(
+                f"--max-tokens ({self.max_tokens}) must be >= 1 and >= --min-tokens ({self.min_tokens})"
+            )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str = "out"
+    # 100k rows of short chat data is ~100-300 MB of zstd Parquet: big enough for few files, small
+    # enough that one shard fits comfortably in a writer task's memory.
+    rows_per_shard: int = 100_000
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("--output must name a directory or an object-store prefix")
+        if self.rows_per_shard < 1:
+            raise ValueError(f"--rows-per-shard must be >= 1, got {self.rows_per_shard}")
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray
+    tokenize_actors: int | None = None  # None: derived from the cluster's CPUs (jobs/resources.py)
+    tokenize_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.tokenize_actors is not None and self.tokenize_actors < 1:
+            raise ValueError(f"--tokenize-actors must be >= 1, got {self.tokenize_actors}")
+        if self.tokenize_batch_size < 1:
+            raise ValueError(f"--tokenize-batch-size must be >= 1, got {self.tokenize_batch_size}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    inputs: tuple[str, ...] = (SAMPLE_INPUT,)
+    sample_rows: int = 2000
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    length: LengthConfig = field(default_factory=LengthConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("give at least one --input (a file, directory, glob, URI, hf:NAME or 'sample')")
+        if self.sample_rows < 1:
+            raise ValueError(f"--sample-rows must be >= 1, got {self.sample_rows}")
+
+    @property
+    def uses_sample(self) -> bool:
+        return self.inputs == (SAMPLE_INPUT,)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> PrepareConfig:
+        """Build from a flat {option: value} mapping (YAML keys and flag names, '-' or '_')."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in options.items():
+            name = key.replace("-", "_")
+            if name not in _BY_NAME:
+                valid = ", ".join(sorted(o.name for o in OPTIONS))
+                raise ValueError(f"unknown option {key!r}; valid options: {valid}")
+            option = _BY_NAME[name]
+            if option.convert is not None and value is not None:
+                value = option.convert(value)
+            if option.section is None:
+                top[option.attr] = value
+            else:
+                sections.setdefault(option.section, {})[option.attr] = value
+        kwargs: dict[str, Any] = dict(top)
+        for section, values in sections.items():
+            section_type = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.name == section}[section]
+            kwargs[section] = dataclasses.replace(section_type(), **values)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # flag name with underscores; the YAML key
+    section: str | None  # the PrepareConfig field holding it, or None for a top-level field
+    attr: str  # the field name inside the section
+    help: str
+    type: Any = str
+    choices: tuple[str, ...] | None = None
+    convert: Any = None  # applied to YAML and CLI values alike
+    flag_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_inputs(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "input", None, "inputs",
+        "input files, directories, globs, object-store URIs, hf:NAME[:SPLIT], or 'sample' (the default: a "
+        "generated sample). Repeat the flag or give several values.",
+        convert=_as_inputs, flag_kwargs={"nargs": "+", "action": "extend"},
+    ),
+    Option("output", "output", "path", "output directory or object-store prefix (default: out)"),
+    Option("overwrite", "output", "overwrite", "delete an existing complete output first",
+           type=bool, flag_kwargs={"action": "store_true"}),
+    Option("rows_per_shard", "output", "rows_per_shard", "rows per output Parquet file (default: 100000)", type=int),
+    Option("sample_rows", None, "sample_rows", "rows of the generated sample when --input is 'sample' (default: 2000)",
+           type=int),
+    Option("format", "normalize", "format", "input format, detected per row by default",
+           choices=("auto", "sharegpt", "openai", "alpaca", "hh")),
+    Option("messages_field", "normalize", "messages_field",
+           "read the conversation from this column (e.g. conversation_a)"),
+    Option("preference", "normalize", "preference",
+           "preference rows (chosen/rejected): train on prompt+chosen, or remove them as preference_pair",
+           choices=("chosen", "skip")),
+    Option("turns", "normalize", "turns",
+           "keep every turn, or only the first user turn and its answer (plus a leading system message)",
+           choices=("all", "first")),
+    Option("system", "normalize", "system", "keep a leading system message, or drop it", choices=("keep", "drop")),
+    Option("tokenizer", "tokenizer", "name_or_path",
+           "tokenizer: the built-in offline Mistral-7B v0.1 (default), or any Hugging Face tokenizer name or "
+           "local directory with a chat template (a hub name downloads)"),
+    Option("chat_template", "tokenizer", "chat_template", "a .jinja chat template file overriding the tokenizer's"),
+    Option("max_tokens", "length", "max_tokens", "remove rows with more tokens than this as too_long (default: 4096)",
+           type=int),
+    Option("min_tokens", "length", "min_tokens", "remove rows with fewer tokens than this as too_short (default: 0)",
+           type=int),
+    Option("address", "resources", "address", "Ray cluster address (default: RAY_ADDRESS, else start Ray locally)"),
+    Option("tokenize_actors", "resources", "tokenize_actors",
+           "tokenizer actors (default: one per CPU of the cluster, see README)", type=int),
+    Option("tokenize_batch_size", "resources", "tokenize_batch_size", "rows per tokenizer batch (default: 256)",
+           type=int),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file; flags override it")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"help": option.help, "default": argparse.SUPPRESS}
+        if option.choices:
+            kwargs["choices"] = option.choices
+        if option.type in (int, float):
+            kwargs["type"] = option.type
+        kwargs.update(option.flag_kwargs)
+        parser.add_argument("--" + option.name.replace("_", "-"), dest=option.name, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    options: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping of option: value, got {type(loaded).__name__}")
+        options.update(loaded)
+    for option in OPTIONS:
+        if hasattr(args, option.name):
+            options[option.name] = getattr(args, option.name)
+    return PrepareConfig.from_options(options)

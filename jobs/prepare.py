@@ -1,0 +1,256 @@
+"""The prepare job: parse config -> build the Ray Data plan -> run -> commit the output layout.
+
+    read+normalize (tasks) -> tokenize (CPU actor pool) -> length filter -> [dedup: next stage]
+      -> _work/rows/ (every row, with its status)  -> commit: data/ removed/ rejected/ manifest _SUCCESS
+
+Run as `chatsieve prepare ...` or `python -m jobs.prepare ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
+
+from jobs.config import PrepareConfig
+from jobs.resources import IO_TASK_CPUS, plan_tokenize
+from operators import schema
+from operators.length import length_filter
+from operators.read import discover_inputs, input_file_to_dict, read_file_batches
+from operators.report import RowStats
+from operators.tokens import DEFAULT_TOKENIZER, Tokenize
+from operators.write import (
+    DATA_DIR,
+    MANIFEST,
+    REJECTED_DIR,
+    REMOVED_DIR,
+    WORK_DIR,
+    Output,
+    write_sorted_shards,
+)
+
+logger = logging.getLogger(__name__)
+
+ROWS_CHECKPOINT = "rows"
+# Packages whose versions decide the output; recorded in manifest.json.
+VERSIONED_PACKAGES = (
+    "chatsieve", "ray", "pyarrow", "transformers", "tokenizers", "sentence-transformers",
+    "mistral-common", "faiss-cpu", "faiss-gpu", "torch", "numpy",
+)
+
+
+class Timings:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        logger.info("stage %s ...", name)
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        logger.info("stage %s done in %.1f s", name, self.seconds[name])
+
+
+def read_and_normalize(batch: pa.Table, normalize_config):
+    """Ray stage: one input file per call, yielding normalized WORK_SCHEMA batches."""
+    from operators.read import InputFile
+
+    for item in batch.to_pylist():
+        yield from read_file_batches(InputFile(**item), normalize_config)
+
+
+def ensure_ray(config: PrepareConfig) -> None:
+    if ray.is_initialized():
+        return
+    env_vars = {"TOKENIZERS_PARALLELISM": "true"}
+    if config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path):
+        # Offline defaults: fail loudly rather than touch a hub (read when huggingface_hub is imported).
+        env_vars["HF_HUB_OFFLINE"] = "1"
+    ray.init(address=config.resources.address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+
+
+def resolve_inputs(config: PrepareConfig, output: Output) -> list[str]:
+    if not config.uses_sample:
+        return list(config.inputs)
+    from jobs.sample import SampleConfig, write_sample
+
+    # The sample lives beside the run's checkpoints, so its rows are named sample/shard-....
+    base = output.child_path(WORK_DIR) if "://" not in output.uri else tempfile.mkdtemp(prefix="chatsieve-")
+    sample_dir = os.path.join(base, "sample")
+    write_sample(sample_dir, SampleConfig(rows=config.sample_rows))
+    return [sample_dir]
+
+
+def build_rows_plan(config: PrepareConfig, inputs: list) -> ray.data.Dataset:
+    """The streaming part of the job: every row read comes out once, with its status."""
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    tokenize = plan_tokenize(cluster_cpus, config.resources.tokenize_actors)
+    logger.info("tokenize: %d actors x %.2f CPU", tokenize.actors, tokenize.cpus_per_actor)
+    files = ray.data.from_items([input_file_to_dict(f) for f in inputs], override_num_blocks=len(inputs))
+    ds = files.map_batches(
+        read_and_normalize,
+        fn_kwargs={"normalize_config": config.normalize},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=IO_TASK_CPUS,
+    )
+    ds = ds.map_batches(
+        Tokenize,
+        fn_constructor_args=(config.tokenizer,),
+        batch_size=config.resources.tokenize_batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=tokenize.actors),
+        num_cpus=tokenize.cpus_per_actor,
+    )
+    ds = ds.map_batches(
+        length_filter,
+        fn_kwargs={"min_tokens": config.length.min_tokens, "max_tokens": config.length.max_tokens},
+        batch_format="pyarrow",
+        num_cpus=IO_TASK_CPUS,
+    )
+    # Near-duplicate removal (exact dedup -> embed -> index -> resolve) plugs in here.
+    return ds
+
+
+def _select(batch: pa.Table, status: str, out_schema: pa.Schema, renames: dict[str, str]) -> pa.Table:
+    rows = batch.filter(pc.equal(batch.column(schema.STATUS), status))
+    rows = rows.rename_columns([renames.get(n, n) for n in rows.column_names])
+    return rows.select(out_schema.names).cast(out_schema)
+
+
+OUTPUTS = (
+    (schema.KEPT, DATA_DIR, schema.DATA_SCHEMA, {}),
+    (schema.REMOVED, REMOVED_DIR, schema.REMOVED_SCHEMA, {}),
+    (schema.REJECTED, REJECTED_DIR, schema.REJECTED_SCHEMA, {schema.REASON: schema.ERROR}),
+)
+
+
+def commit(config: PrepareConfig, output: Output, rows_uri: str, timings: Timings, extra: dict) -> dict:
+    """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest."""
+    stats = RowStats()
+    with timings.stage("stats"):
+        columns = ray.data.read_parquet(rows_uri, columns=list(RowStats.COLUMNS), num_cpus=IO_TASK_CPUS)
+        for batch in columns.iter_batches(batch_format="pyarrow", batch_size=65536):
+            stats.add(batch)
+    files: dict[str, list[str]] = {}
+    for status, subdir, out_schema, renames in OUTPUTS:
+        with timings.stage(f"write_{subdir}"):
+            selected = ray.data.read_parquet(rows_uri, num_cpus=IO_TASK_CPUS).map_batches(
+                _select,
+                fn_args=(status, out_schema, renames),
+                batch_format="pyarrow",
+                num_cpus=IO_TASK_CPUS,
+            )
+            files[subdir] = write_sorted_shards(
+                selected, output, subdir, out_schema, config.output.rows_per_shard
+            )
+    rows = stats.manifest_rows()
+    written = {subdir: _count_rows(output, subdir, names) for subdir, names in files.items()}
+    check_accounting(rows, written)
+    manifest = {
+        "chatsieve_version": _version("chatsieve"),
+        "config": config.to_dict(),
+        "inputs": extra["inputs"],
+        "rows": rows,
+        "tokens": stats.manifest_tokens(),
+        "files": files,
+        "timings_s": timings.seconds,
+        "versions": _versions(),
+        "ray": extra["ray"],
+    }
+    return manifest
+
+
+def check_accounting(rows: dict, written: dict[str, int]) -> None:
+    """The invariant of ARCHITECTURE.md: rows read = kept + removed + rejected, in the files too."""
+    expected = {DATA_DIR: rows["kept"], REMOVED_DIR: rows["removed"], REJECTED_DIR: rows["rejected"]}
+    if written != expected or rows["read"] != sum(expected.values()):
+        raise RuntimeError(f"row accounting failed: read {rows['read']}, expected {expected}, files hold {written}")
+
+
+def _count_rows(output: Output, subdir: str, names: list[str]) -> int:
+    return sum(pq.ParquetFile(output.child_path(subdir, n), filesystem=output.fs).metadata.num_rows for n in names)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions() -> dict:
+    versions = {p: _version(p) for p in VERSIONED_PACKAGES}
+    versions["python"] = platform.python_version()
+    return {k: v for k, v in versions.items() if v is not None}
+
+
+def dataset_card(manifest: dict) -> str:
+    """A minimal Hugging Face dataset card; the report stage writes the full one."""
+    rows, config = manifest["rows"], manifest["config"]
+    return (
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n\n"
+        "# Dataset prepared by chatsieve\n\n"
+        f"{rows['kept']} conversations kept of {rows['read']} read "
+        f"({rows['removed']} removed, {rows['rejected']} rejected; see removed/ and rejected/).\n\n"
+        f"Tokenizer: `{config['tokenizer']['name_or_path']}`; max tokens {config['length']['max_tokens']}.\n\n"
+        "`text` already holds the chat template with BOS/EOS: tokenize it with `add_special_tokens=False`, "
+        "or train on `messages`.\n\n"
+        "```python\nfrom datasets import load_dataset\n"
+        'ds = load_dataset("parquet", data_files="data/*.parquet", split="train")\n```\n'
+    )
+
+
+def run(config: PrepareConfig) -> dict:
+    """Run the whole job; returns the manifest. Raises on config faults; data faults become rows."""
+    timings = Timings()
+    started = time.perf_counter()
+    output = Output(config.output.path)
+    output.prepare(config.output.overwrite)
+    ensure_ray(config)
+    with timings.stage("discover"):
+        inputs = discover_inputs(resolve_inputs(config, output))
+    logger.info("%d input files", len(inputs))
+    rows_uri = output.child_uri(WORK_DIR, ROWS_CHECKPOINT)
+    output.delete_dir(WORK_DIR, ROWS_CHECKPOINT)  # an earlier attempt's rows never mix in
+    with timings.stage("read_normalize_tokenize_filter"):
+        build_rows_plan(config, inputs).write_parquet(
+            rows_uri, ray_remote_args={"num_cpus": IO_TASK_CPUS}, compression="zstd"
+        )
+    manifest = commit(
+        config,
+        output,
+        rows_uri,
+        timings,
+        extra={
+            "inputs": [{"source": f.source, "uri": f.uri} for f in inputs],
+            "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
+        },
+    )
+    manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+    output.write_json(MANIFEST, manifest)
+    output.write_text("README.md", dataset_card(manifest))
+    output.mark_success()  # last: its presence says every other file is complete
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Write stage: the output layout of ARCHITECTURE.md, committed so a partial output is never mistaken
+for a complete one.
+
+Commit protocol (the same on local disks and object stores, which have no atomic rename):
+1. At start, an output holding `_SUCCESS` is complete: refuse unless --overwrite, which deletes it.
+   An output without `_SUCCESS` is a failed earlier attempt: its layout files are deleted so stale
+   shards never mix with new ones. A non-empty directory that is not a chatsieve output is refused.
+2. Every file is written under its final, deterministic name (`part-00000-of-00004.parquet`), so a
+   retried task rewrites the same name instead of adding a file.
+3. `_SUCCESS` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from operators import schema
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+WORK_DIR = "_work"
+DATA_DIR, REMOVED_DIR, REJECTED_DIR = "data", "removed", "rejected"
+NEIGHBORS_DIR, REPORT_DIR, CARD = "neighbors", "report", "README.md"
+# Everything a run writes except _work/ (checkpoints are keyed by their inputs and safe to reuse).
+LAYOUT = (DATA_DIR, REMOVED_DIR, REJECTED_DIR, NEIGHBORS_DIR, REPORT_DIR, MANIFEST, CARD, SUCCESS)
+PARQUET_COMPRESSION = "zstd"
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+class Output:
+    """An output directory or object-store prefix, addressed through a pyarrow filesystem."""
+
+    def __init__(self, uri: str):
+        self.uri = uri if "://" in uri else os.path.abspath(uri)
+        self.fs, self.path = pafs.FileSystem.from_uri(self.uri)
+        self.path = self.path.rstrip("/")
+
+    def child_uri(self, *parts: str) -> str:
+        joined = posixpath.join(self.path, *parts)
+        return self.uri.split("://", 1)[0] + "://" + joined if "://" in self.uri else joined
+
+    def child_path(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.child_path(*parts)).type != pafs.FileType.NotFound
+
+    def prepare(self, overwrite: bool) -> None:
+        """Step 1 of the commit protocol."""
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.File:
+            raise OutputExistsError(f"output {self.uri} is a file; give a directory or prefix")
+        if info.type == pafs.FileType.NotFound:
+            self.fs.create_dir(self.path, recursive=True)
+            return
+        entries = {posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.path))}
+        foreign = entries - set(LAYOUT) - {WORK_DIR}
+        if foreign:
+            raise OutputExistsError(
+                f"output {self.uri} holds files chatsieve did not write ({', '.join(sorted(foreign)[:5])}); "
+                "choose an empty or new output directory"
+            )
+        if SUCCESS in entries and not overwrite:
+            raise OutputExistsError(
+                f"output {self.uri} already holds a complete result (_SUCCESS); pass --overwrite to replace it"
+            )
+        if entries & set(LAYOUT):
+            logger.info("removing %s from %s", ", ".join(sorted(entries & set(LAYOUT))), self.uri)
+        # _SUCCESS first: from here on the output is visibly incomplete.
+        for name in (SUCCESS, *LAYOUT):
+            if name in entries:
+                self._delete(name)
+                entries.discard(name)
+
+    def _delete(self, name: str) -> None:
+        path = self.child_path(name)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        else:
+            self.fs.delete_file(path)
+
+    def delete_dir(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_dir(self.child_path(*parts))
+
+    def write_text(self, name: str, text: str) -> None:
+        with self.fs.open_output_stream(self.child_path(name)) as stream:
+            stream.write(text.encode())
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+    def mark_success(self) -> None:
+        self.write_text(SUCCESS, "")
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+@ray.remote
+def _write_shard(fs: pafs.FileSystem, path: str, out_schema: pa.Schema, *tables: pa.Table) -> int:
+    tables = [t.select(out_schema.names).cast(out_schema) for t in tables if t.num_rows]
+    table = pa.concat_tables(tables) if tables else out_schema.empty_table()
+    pq.write_table(table, path, filesystem=fs, compression=PARQUET_COMPRESSION)
+    return table.num_rows
+
+
+def write_sorted_shards(ds, output: Output, subdir: str, out_schema: pa.Schema, rows_per_shard: int) -> list[str]:
+    """Sort `ds` by (source, source_row) and write it as exactly-cut, exactly-named shards.
+
+    The sort and the shard writes run as Ray tasks; the driver holds only object references and
+    row counts. An empty dataset gives one empty shard, so `data/*.parquet` always matches a file.
+    """
+    ds = ds.materialize()
+    total = ds.count()
+    output.fs.create_dir(output.child_path(subdir), recursive=True)
+    count = max(1, math.ceil(total / rows_per_shard))
+    names = [shard_name(i, count) for i in range(count)]
+    if total == 0:
+        ray.get(_write_shard.options(num_cpus=0.25).remote(output.fs, output.child_path(subdir, names[0]), out_schema))
+        return names
+    ordered = ds.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
+    parts = ordered.split_at_indices([rows_per_shard * i for i in range(1, count)]) if count > 1 else [ordered]
+    written = ray.get(
+        [
+            _write_shard.options(num_cpus=0.25).remote(
+                output.fs, output.child_path(subdir, name), out_schema, *part.to_arrow_refs()
+            )
+            for name, part in zip(names, parts)
+        ]
+    )
+    if sum(written) != total:
+        raise RuntimeError(f"{subdir}: wrote {sum(written)} rows of {total}")
+    return names

@@ -1,0 +1,47 @@
+"""Shared fixtures: one Ray for the whole session (ray.init costs ~2.5 s), real data location."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: make any accidental hub access fail loudly, in workers too
+# (huggingface_hub reads this when first imported; Ray workers inherit the driver's environment).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# A hang (e.g. the 2-core scheduling deadlock of NOTES.md) must fail a test in seconds, not 30 minutes.
+NO_PROGRESS_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def data_context(ray_local):
+    """Ray Data's context with a short no-progress timeout, restored after the test."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = copy.deepcopy(context)
+    context.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
+    context.enable_progress_bars = False
+    yield context
+    DataContext._set_current(saved)
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
