@@ -55,8 +55,13 @@ class ResourceConfig:
     address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray
     tokenize_actors: int | None = None  # None: derived from the cluster's CPUs (jobs/resources.py)
     tokenize_batch_size: int = 256
+    # 16 MiB is ~8k typical chat rows: small enough to spread one large file over every actor,
+    # large enough that per-block scheduling overhead stays negligible.
+    block_size_mb: float = 16.0
 
     def __post_init__(self):
+        if not self.block_size_mb > 0:
+            raise ValueError(f"--block-size-mb must be > 0, got {self.block_size_mb}")
         if self.tokenize_actors is not None and self.tokenize_actors < 1:
             raise ValueError(f"--tokenize-actors must be >= 1, got {self.tokenize_actors}")
         if self.tokenize_batch_size < 1:
@@ -163,6 +168,9 @@ OPTIONS: tuple[Option, ...] = (
            "tokenizer actors (default: one per CPU of the cluster, see README)", type=int),
     Option("tokenize_batch_size", "resources", "tokenize_batch_size", "rows per tokenizer batch (default: 256)",
            type=int),
+    Option("block_size_mb", "resources", "block_size_mb",
+           "target size of a Ray Data block in MiB; smaller spreads a large file over more actors (default: 16)",
+           type=float),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

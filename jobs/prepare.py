@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, DataContext
 
 from jobs.config import PrepareConfig
 from jobs.resources import IO_TASK_CPUS, plan_tokenize
@@ -37,7 +37,7 @@ from operators.write import (
     REMOVED_DIR,
     WORK_DIR,
     Output,
-    write_sorted_shards,
+    write_shards,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,28 +138,40 @@ OUTPUTS = (
 
 
 def commit(config: PrepareConfig, output: Output, rows_uri: str, timings: Timings, extra: dict) -> dict:
-    """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest."""
-    stats = RowStats()
-    with timings.stage("stats"):
-        columns = ray.data.read_parquet(rows_uri, columns=list(RowStats.COLUMNS), num_cpus=IO_TASK_CPUS)
-        for batch in columns.iter_batches(batch_format="pyarrow", batch_size=65536):
-            stats.add(batch)
-    files: dict[str, list[str]] = {}
-    for status, subdir, out_schema, renames in OUTPUTS:
-        with timings.stage(f"write_{subdir}"):
-            selected = ray.data.read_parquet(rows_uri, num_cpus=IO_TASK_CPUS).map_batches(
-                _select,
-                fn_args=(status, out_schema, renames),
-                batch_format="pyarrow",
-                num_cpus=IO_TASK_CPUS,
+    """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest.
+
+    One read and one distributed sort of the checkpoint; each status is then selected from the sorted
+    blocks with Ray Data's order preserved, so shards come out in (source, source_row) order.
+    """
+    context = DataContext.get_current()
+    preserve_order = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        with timings.stage("sort"):
+            ordered = (
+                ray.data.read_parquet(rows_uri, num_cpus=IO_TASK_CPUS)
+                .sort([schema.SOURCE, schema.SOURCE_ROW])
+                .materialize()
             )
-            files[subdir] = write_sorted_shards(
-                selected, output, subdir, out_schema, config.output.rows_per_shard
-            )
+        stats = RowStats()
+        with timings.stage("stats"):
+            for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
+                batch_format="pyarrow", batch_size=65536
+            ):
+                stats.add(batch)
+        files: dict[str, list[str]] = {}
+        for status, subdir, out_schema, renames in OUTPUTS:
+            with timings.stage(f"write_{subdir}"):
+                selected = ordered.map_batches(
+                    _select, fn_args=(status, out_schema, renames), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+                ).materialize()
+                files[subdir] = write_shards(selected, output, subdir, out_schema, config.output.rows_per_shard)
+    finally:
+        context.execution_options.preserve_order = preserve_order
     rows = stats.manifest_rows()
     written = {subdir: _count_rows(output, subdir, names) for subdir, names in files.items()}
     check_accounting(rows, written)
-    manifest = {
+    return {
         "chatsieve_version": _version("chatsieve"),
         "config": config.to_dict(),
         "inputs": extra["inputs"],
@@ -170,7 +182,6 @@ def commit(config: PrepareConfig, output: Output, rows_uri: str, timings: Timing
         "versions": _versions(),
         "ray": extra["ray"],
     }
-    return manifest
 
 
 def check_accounting(rows: dict, written: dict[str, int]) -> None:
@@ -220,6 +231,19 @@ def run(config: PrepareConfig) -> dict:
     output = Output(config.output.path)
     output.prepare(config.output.overwrite)
     ensure_ray(config)
+    context = DataContext.get_current()
+    saved_block_size = context.target_max_block_size
+    # A read task's rows are cut into blocks of this size; each block goes to one tokenizer actor, so
+    # Ray's 128 MiB default would leave a single large file to a single actor. (ds.repartition would
+    # add a whole-CPU task that cannot fuse with fractional-CPU maps: the 2-core deadlock.)
+    context.target_max_block_size = int(config.resources.block_size_mb * 2**20)
+    try:
+        return _run(config, output, timings, started)
+    finally:
+        context.target_max_block_size = saved_block_size
+
+
+def _run(config: PrepareConfig, output: Output, timings: Timings, started: float) -> dict:
     with timings.stage("discover"):
         inputs = discover_inputs(resolve_inputs(config, output))
     logger.info("%d input files", len(inputs))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# CPUs kept free for read / length-filter / write tasks (each asks for IO_TASK_CPUS).
+# CPUs kept free for the read, length-filter and write tasks (each asks for IO_TASK_CPUS), so one
+# of each can always run next to the actor pools.
 IO_TASK_CPUS = 0.25
-IO_RESERVE_CPUS = 0.5
+IO_RESERVE_CPUS = 3 * IO_TASK_CPUS
 
 
 @dataclass(frozen=True)

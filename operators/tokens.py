@@ -13,6 +13,7 @@ from sentencepiece / mistral_common.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import string
@@ -157,8 +158,8 @@ def load_tokenizer(config: TokenizerConfig):
         )
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
-            f"tokenizer {config.name_or_path!r} is not a fast (Rust) tokenizer; counting prompt and response "
-            "tokens needs token offsets: give a directory with a tokenizer.json"
+            f"tokenizer {config.name_or_path!r} is not a fast (Rust) tokenizer; counting prompt and "
+            "response tokens needs token offsets: give a directory with a tokenizer.json"
         )
     template = _template_of(tokenizer)
     _compiled(template)  # a syntax error is a config fault: fail now, not once per row
@@ -226,9 +227,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
     import jinja2
 
     n = len(conversations)
-    result = Rendered(
-        text=[None] * n, num_tokens=[None] * n, prompt_tokens=[None] * n, response_tokens=[None] * n, error=[None] * n
-    )
+    result = Rendered(*([None] * n for _ in range(5)))
     if n == 0:
         return result
     template = _template_of(tokenizer)
@@ -247,7 +246,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
                 result.text[i] = compiled.render(
                     messages=messages, tools=None, documents=None, add_generation_prompt=False, **variables
                 )
-        except jinja2.TemplateError as error:  # raise_exception(...) in the template: a data fault of this row
+        except jinja2.TemplateError as error:  # raise_exception(...) in the template: this row's data fault
             result.error[i] = str(error) or type(error).__name__
             continue
         ok.append(i)
@@ -320,9 +319,12 @@ class Tokenize:
     """
 
     def __init__(self, config: TokenizerConfig):
-        # The Rust thread pool is sized once per process, at its first parallel call: set it before that.
-        if config.num_threads is not None:
-            os.environ["RAYON_NUM_THREADS"] = str(config.num_threads)
+        # The Rust thread pool is sized once per process, at its first parallel call: size it before that.
+        # In a Ray actor, default to the actor's CPU share (rounded up): Ray sizes the pool so actors fill
+        # the cores, and an actor whose encoder also used every core would oversubscribe them.
+        threads = config.num_threads or _ray_actor_cpus()
+        if threads:
+            os.environ["RAYON_NUM_THREADS"] = str(threads)
         # Ray starts its workers fresh (never forked after the pool started), so batched encoding may run
         # in parallel here; the library would otherwise turn it off after a fork it cannot see.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -335,56 +337,74 @@ class Tokenize:
         return tokenize_table(batch, self.tokenizer, self.special_tokens)
 
 
+def _ray_actor_cpus() -> int | None:
+    """CPUs Ray assigned to this actor, rounded up; None outside a Ray actor or when none are assigned."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:
+        return None
+    cpus = context.get_assigned_resources().get("CPU", 0.0)
+    return max(1, math.ceil(cpus)) if cpus > 0 else None
+
+
+_DECISION = (schema.STATUS, schema.REASON, schema.DETAIL)
+
+
 def tokenize_table(batch: pa.Table, tokenizer, specials: Sequence[str] | None = None) -> pa.Table:
     """The stage's work as a plain function (see `Tokenize`)."""
     if specials is None:
         specials = special_tokens(tokenizer)
     batch = batch.select(schema.WORK_SCHEMA.names).cast(schema.WORK_SCHEMA)
-    if batch.num_rows == 0:
+    n = batch.num_rows
+    if n == 0:
         return batch
     kept = pc.equal(batch.column(schema.STATUS), schema.KEPT).fill_null(False).to_numpy(zero_copy_only=False)
     if not kept.any():
         return batch
+    messages = batch.column(schema.MESSAGES).combine_chunks()
 
-    columns = {name: batch.column(name).to_pylist() for name in _WRITTEN}
-    status, reason, detail = columns[schema.STATUS], columns[schema.REASON], columns[schema.DETAIL]
-    messages_column = batch.column(schema.MESSAGES).combine_chunks()
-
-    for row, (token, message_index) in find_special_tokens(messages_column, specials).items():
+    removals: dict[int, tuple[str, str]] = {}  # row -> (reason, detail)
+    for row, (token, message_index) in find_special_tokens(messages, specials).items():
         if kept[row]:
-            status[row], reason[row] = schema.REMOVED, schema.SPECIAL_TOKEN_IN_CONTENT
-            detail[row] = f"message {message_index} contains the special token {token!r}"
+            detail = f"message {message_index} contains the special token {token!r}"
+            removals[row] = (schema.SPECIAL_TOKEN_IN_CONTENT, detail)
             kept[row] = False
-
     rows = np.flatnonzero(kept)
-    if len(rows):
-        rendered = render_and_count(tokenizer, messages_column.take(pa.array(rows)).to_pylist())
-        for j, row in enumerate(rows.tolist()):
-            if rendered.error[j] is not None:
-                status[row], reason[row], detail[row] = schema.REMOVED, schema.TEMPLATE_ERROR, rendered.error[j]
-                continue
-            columns[schema.TEXT][row] = rendered.text[j]
-            columns[schema.NUM_TOKENS][row] = rendered.num_tokens[j]
-            columns[schema.PROMPT_TOKENS][row] = rendered.prompt_tokens[j]
-            columns[schema.RESPONSE_TOKENS][row] = rendered.response_tokens[j]
+    to_render = messages if len(rows) == n else messages.take(pa.array(rows))
+    rendered = render_and_count(tokenizer, to_render.to_pylist())
+    for j, error in enumerate(rendered.error):
+        if error is not None:
+            removals[int(rows[j])] = (schema.TEMPLATE_ERROR, error)
 
-    arrays = [
-        pa.array(columns[name], type=schema.WORK_SCHEMA.field(name).type) if name in columns else batch.column(name)
-        for name in schema.WORK_SCHEMA.names
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema.WORK_SCHEMA)
-
-
-# The columns this stage may change; every other column passes through as it came.
-_WRITTEN = (
-    schema.STATUS,
-    schema.REASON,
-    schema.DETAIL,
-    schema.TEXT,
-    schema.NUM_TOKENS,
-    schema.PROMPT_TOKENS,
-    schema.RESPONSE_TOKENS,
-)
+    columns = {name: batch.column(name) for name in schema.WORK_SCHEMA.names}
+    # Rendered values go to the rendered rows (None where the template raised); other rows keep theirs.
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    take = pa.array(position, mask=position < 0)
+    replace = pa.array(position >= 0)
+    for name, values in (
+        (schema.TEXT, rendered.text),
+        (schema.NUM_TOKENS, rendered.num_tokens),
+        (schema.PROMPT_TOKENS, rendered.prompt_tokens),
+        (schema.RESPONSE_TOKENS, rendered.response_tokens),
+    ):
+        new = pa.array(values, type=schema.WORK_SCHEMA.field(name).type)
+        columns[name] = new if len(rows) == n else pc.if_else(replace, new.take(take), columns[name])
+    if removals:
+        # Few rows are removed here, so plain lists are cheap.
+        status, reason, detail = (batch.column(name).to_pylist() for name in _DECISION)
+        for row, (why, text) in removals.items():
+            status[row], reason[row], detail[row] = schema.REMOVED, why, text
+        for name, values in zip(_DECISION, (status, reason, detail)):
+            columns[name] = pa.array(values, type=pa.string())
+    return pa.Table.from_arrays([columns[name] for name in schema.WORK_SCHEMA.names], schema=schema.WORK_SCHEMA)
 
 
 def _literal(token: str) -> str:
@@ -393,7 +413,7 @@ def _literal(token: str) -> str:
 
 
 def find_special_tokens(messages: pa.Array, specials: Sequence[str]) -> dict[int, tuple[str, int]]:
-    """Row -> (special token, message index) for rows whose message content holds a special-token string.
+    """Row -> (special token, message index) for rows where a message's content holds a special token.
 
     Names the first message holding one and the token that starts earliest in it. One vectorized regex
     scan over all contents finds the candidates; only those are looked at in Python.

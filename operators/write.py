@@ -121,21 +121,16 @@ def _write_shard(fs: pafs.FileSystem, path: str, out_schema: pa.Schema, *tables:
     return table.num_rows
 
 
-def write_sorted_shards(ds, output: Output, subdir: str, out_schema: pa.Schema, rows_per_shard: int) -> list[str]:
-    """Sort `ds` by (source, source_row) and write it as exactly-cut, exactly-named shards.
+def write_shards(ordered, output: Output, subdir: str, out_schema: pa.Schema, rows_per_shard: int) -> list[str]:
+    """Write an already-ordered, materialized dataset as exactly-cut, exactly-named shards.
 
-    The sort and the shard writes run as Ray tasks; the driver holds only object references and
-    row counts. An empty dataset gives one empty shard, so `data/*.parquet` always matches a file.
+    The shard writes run as Ray tasks; the driver holds only object references and row counts. An
+    empty dataset gives one empty shard, so `data/*.parquet` always matches a file.
     """
-    ds = ds.materialize()
-    total = ds.count()
+    total = ordered.count()
     output.fs.create_dir(output.child_path(subdir), recursive=True)
     count = max(1, math.ceil(total / rows_per_shard))
     names = [shard_name(i, count) for i in range(count)]
-    if total == 0:
-        ray.get(_write_shard.options(num_cpus=0.25).remote(output.fs, output.child_path(subdir, names[0]), out_schema))
-        return names
-    ordered = ds.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
     parts = ordered.split_at_indices([rows_per_shard * i for i in range(1, count)]) if count > 1 else [ordered]
     written = ray.get(
         [

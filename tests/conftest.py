@@ -22,7 +22,12 @@ NO_PROGRESS_TIMEOUT_S = 120
 def ray_local():
     import ray
 
+    from ray.data import DataContext
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = DataContext.get_current()
+    context.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
+    context.enable_progress_bars = False
     yield ray
     ray.shutdown()
 

@@ -89,7 +89,10 @@ def test_tokenizer_adds_no_bos_by_itself(tokenizer):
 
 
 WHITESPACE_CASES = [
-    msgs("Fix this:\n\ndef f(x):\n    if x:\n        return  x\n    return None", "```python\ndef f(x):\n    return x\n```"),
+    msgs(
+        "Fix this:\n\ndef f(x):\n    if x:\n        return  x\n    return None",
+        "```python\ndef f(x):\n    return x\n```",
+    ),
     msgs("two  spaces  here", "and   three    four     five"),
     msgs("tabs\tand\t\ttabs", "mixed \t  \n   lines\n\n\n\nend"),
     msgs("x" + " " * 17 + "y", "a" + " " * 64 + "b"),
@@ -224,17 +227,32 @@ def test_special_token_text_in_content_is_removed_with_reason(stage, messages, t
     assert out.column(schema.STATUS)[0].as_py() == schema.KEPT
 
 
-def test_roles_that_do_not_alternate_are_a_template_error(stage):
+def test_conversations_the_template_refuses_are_a_template_error(stage):
+    def turns(*roles):
+        return [{"role": role, "content": f"m{i}"} for i, role in enumerate(roles)]
+
     bad = [
-        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
-        [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}],
-        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "system", "content": "c"}],
+        turns("user", "user", "assistant"),
+        turns("user", "tool"),
+        turns("user", "assistant", "system"),
+        turns("assistant", "user"),
+        turns("system"),
+        [],
     ]
     out = stage(work_table([msgs("ok", "fine"), *bad]))
-    assert out.column(schema.REASON).to_pylist() == [None] + [schema.TEMPLATE_ERROR] * 3
-    assert "alternate" in out.column(schema.DETAIL)[1].as_py()
-    assert "tool" in out.column(schema.DETAIL)[2].as_py()
-    assert out.column(schema.TEXT).to_pylist()[1:] == [None] * 3
+    assert out.column(schema.REASON).to_pylist() == [None] + [schema.TEMPLATE_ERROR] * len(bad)
+    assert out.column(schema.STATUS).to_pylist() == [schema.KEPT] + [schema.REMOVED] * len(bad)
+    details = out.column(schema.DETAIL).to_pylist()
+    assert "alternate" in details[1] and "tool" in details[2] and "alternate" in details[4]
+    assert "needs a user message" in details[5] and "needs a user message" in details[6]
+    assert out.column(schema.TEXT).to_pylist()[1:] == [None] * len(bad)
+    assert out.column(schema.NUM_TOKENS).to_pylist()[1:] == [None] * len(bad)
+
+
+def test_batch_where_no_row_is_left_to_render(stage):
+    out = stage(work_table([msgs("a </s>", "b"), msgs("c", "<s>")], status=[schema.KEPT, schema.KEPT]))
+    assert out.column(schema.REASON).to_pylist() == [schema.SPECIAL_TOKEN_IN_CONTENT] * 2
+    assert out.column(schema.TEXT).null_count == 2 and out.schema == schema.WORK_SCHEMA
 
 
 CUSTOM_TEMPLATE = (
@@ -256,8 +274,8 @@ def test_custom_template_file_is_used_and_its_errors_isolate_rows(tmp_path):
     assert out.column(schema.STATUS).to_pylist() == [schema.KEPT, schema.REMOVED, schema.KEPT]
     assert out.column(schema.REASON).to_pylist() == [None, schema.TEMPLATE_ERROR, None]
     assert out.column(schema.DETAIL).to_pylist() == [None, "boom row: user", None]
-    tok = stage.tokenizer
-    assert out.column(schema.RESPONSE_TOKENS)[0].as_py() == len(tok("A: Hello!</s>", add_special_tokens=False).input_ids)
+    answer = stage.tokenizer("A: Hello!</s>", add_special_tokens=False).input_ids
+    assert out.column(schema.RESPONSE_TOKENS)[0].as_py() == len(answer)
 
 
 def test_rows_not_kept_pass_through_untouched(stage):
@@ -290,7 +308,7 @@ def test_load_from_a_local_directory(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tok")
     loaded = load_tokenizer(TokenizerConfig(name_or_path=str(tmp_path / "tok")))
     messages = WHITESPACE_CASES[0]
-    assert loaded.apply_chat_template(messages, tokenize=False) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert loaded.get_chat_template() == tokenizer.get_chat_template()
     assert render_and_count(loaded, [messages]) == render_and_count(tokenizer, [messages])
     text = render_and_count(loaded, [messages]).text[0]
     assert loaded(text).input_ids == tokenizer(text, add_special_tokens=False).input_ids  # still no added BOS
@@ -306,7 +324,8 @@ def test_directory_without_chat_template_needs_the_option(tokenizer, tmp_path):
     config_file.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="--chat-template"):
         load_tokenizer(TokenizerConfig(name_or_path=str(directory)))
-    loaded = load_tokenizer(TokenizerConfig(name_or_path=str(directory), chat_template=str(tokens.MISTRAL_V01_TEMPLATE)))
+    config = TokenizerConfig(name_or_path=str(directory), chat_template=str(tokens.MISTRAL_V01_TEMPLATE))
+    loaded = load_tokenizer(config)
     assert render_and_count(loaded, [msgs("Hi", "Yo")]).text == ["<s> [INST] Hi [/INST] Yo</s>"]
 
 
@@ -346,10 +365,11 @@ def test_pickling_round_trip(tokenizer, stage):
 
 _FRAGMENTS = [
     "Hello there", "How do I sort a list in Python?", "Use `sorted(xs)`.", "café naïve résumé", "Straße",
-    "你好，世界。", "请解释一下量子计算的基本原理。", "机器学习是人工智能的一个分支。", "日本語のテキスト", "한국어 문장",
-    "Привет, как дела?", "مرحبا بالعالم", "emoji 🚀🔥 ok", "math: $x^2 + y^2 = z^2$", "1234567890", "3.14159",
-    "https://example.com/a?b=c&d=e", "**bold** and _italic_", "- item one\n- item two", "> quoted", "#include <stdio.h>",
-    "<div class=\"x\">html</div>", "a\\nb", "C:\\Users\\x", "tab\there", "end.", "¿Qué tal?", "naïve—dash – en",
+    "你好，世界。", "请解释一下量子计算的基本原理。", "机器学习是人工智能的一个分支。", "日本語のテキスト",
+    "한국어 문장", "Привет, как дела?", "مرحبا بالعالم", "emoji 🚀🔥 ok", "math: $x^2 + y^2 = z^2$",
+    "1234567890", "3.14159", "https://example.com/a?b=c&d=e", "**bold** and _italic_", "- item one\n- item two",
+    "> quoted", "#include <stdio.h>", "<div class=\"x\">html</div>", "a\\nb", "C:\\Users\\x", "tab\there",
+    "end.", "¿Qué tal?", "naïve—dash – en", "<s", "s>", "</", "<un k>",
 ]
 _CODE = [
     "def f(x):\n    if x > 0:\n        return x\n    return -x",
@@ -393,5 +413,5 @@ def test_generated_conversations_match_mistral_common(tokenizer, reference):
     texts = out.column(schema.TEXT).to_pylist()
     ids = tokenizer(texts, add_special_tokens=False).input_ids
     mismatched = [i for i, m in enumerate(conversations) if ids[i] != reference_ids(reference, m)]
-    assert not mismatched, f"{len(mismatched)} of {len(conversations)} differ from mistral_common, e.g. {mismatched[:5]}"
+    assert not mismatched, f"{len(mismatched)} of {len(conversations)} differ from mistral_common: {mismatched[:5]}"
     assert out.column(schema.NUM_TOKENS).to_pylist() == [len(x) for x in ids]

@@ -112,7 +112,11 @@ def canonical(turns: list[tuple[str, str | None]], specials) -> list[dict] | Non
     return [{"role": role, "content": content} for role, content in messages]
 
 
-FILES = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file() and p.name != "README.md") if DATA.is_dir() else []
+FILES = (
+    sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.is_file() and p.name != "README.md")
+    if DATA.is_dir()
+    else []
+)
 
 
 @pytest.fixture(scope="module")

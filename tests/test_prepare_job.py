@@ -1,0 +1,133 @@
+"""End to end on a local Ray: the sample through the whole prepare job, accounting, determinism, commit."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import prepare
+from jobs.config import PrepareConfig
+from jobs.sample import SampleConfig, write_sample
+from operators import schema
+from operators.write import OutputExistsError
+
+DEDUP_KINDS = {schema.EXACT_DUPLICATE, schema.NEAR_DUPLICATE}  # kept until near-dedup exists
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("in") / "sample"
+    summary = write_sample(directory, SampleConfig(rows=600, shards=3, seed=7))
+    return directory, summary
+
+
+def run_job(output, inputs, **options):
+    config = PrepareConfig.from_options({"input": [str(i) for i in inputs], "output": str(output), **options})
+    return prepare.run(config)
+
+
+def read_dir(output, subdir):
+    return [pq.read_table(f) for f in sorted(glob.glob(os.path.join(output, subdir, "*.parquet")))]
+
+
+@pytest.fixture(scope="module")
+def one_actor_run(ray_local, sample, tmp_path_factory):
+    output = tmp_path_factory.mktemp("out1")
+    manifest = run_job(output, [sample[0]], tokenize_actors=1, rows_per_shard=200)
+    return output, manifest
+
+
+def test_every_row_is_accounted_for_with_its_planted_reason(one_actor_run, sample):
+    output, manifest = one_actor_run
+    _, summary = sample
+    rows = manifest["rows"]
+    assert rows["read"] == summary["rows"] == 600
+    assert rows["read"] == rows["kept"] + rows["removed"] + rows["rejected"]
+    planted = {k: n for k, n in summary["kinds"].items() if k in schema.REMOVAL_REASONS + schema.REJECTION_ERRORS}
+    expected = {k: n for k, n in planted.items() if k not in DEDUP_KINDS and k != schema.PREFERENCE_PAIR and n}
+    assert rows["by_reason"] == expected
+    # The files say the same as the manifest.
+    kept = sum(t.num_rows for t in read_dir(output, "data"))
+    removed = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
+    rejected = [r for t in read_dir(output, "rejected") for r in t.to_pylist()]
+    assert (kept, len(removed), len(rejected)) == (rows["kept"], rows["removed"], rows["rejected"])
+    assert all(r["reason"] in schema.REMOVAL_REASONS and r["detail"] for r in removed)
+    assert all(r["error"] in schema.REJECTION_ERRORS and r["raw"] for r in rejected)
+    too_long = [r for r in removed if r["reason"] == schema.TOO_LONG]
+    assert too_long and all(r["num_tokens"] > 4096 for r in too_long)
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+
+
+def test_kept_rows_are_sorted_sharded_and_templated(one_actor_run):
+    output, manifest = one_actor_run
+    tables = read_dir(output, "data")
+    names = sorted(os.path.basename(f) for f in glob.glob(os.path.join(output, "data", "*.parquet")))
+    count = len(names)
+    assert names == [f"part-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+    assert [t.num_rows for t in tables[:-1]] == [200] * (count - 1) and 0 < tables[-1].num_rows <= 200
+    rows = [r for t in tables for r in t.to_pylist()]
+    keys = [(r["source"], r["source_row"]) for r in rows]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    for r in rows:
+        assert r["id"] == schema.row_id(r["source"], r["source_row"])
+        assert r["source"].startswith("sample/shard-")
+        assert r["text"].startswith("<s> [INST] ") and r["text"].endswith("</s>")
+        assert r["prompt_tokens"] + r["response_tokens"] == r["num_tokens"] <= 4096
+        assert {m["role"] for m in r["messages"]} <= {"system", "user", "assistant"}
+    assert tables[0].schema.remove_metadata() == schema.DATA_SCHEMA
+    assert manifest["tokens"]["kept"]["num_tokens"]["rows"] == len(rows)
+    assert manifest["tokens"]["kept"]["num_tokens"]["max"] == max(r["num_tokens"] for r in rows)
+
+
+def test_output_loads_with_datasets(one_actor_run):
+    datasets = pytest.importorskip("datasets")
+    output, manifest = one_actor_run
+    ds = datasets.load_dataset("parquet", data_files=os.path.join(output, "data", "*.parquet"), split="train")
+    assert ds.num_rows == manifest["rows"]["kept"]
+    assert set(ds.column_names) == set(schema.DATA_SCHEMA.names)
+
+
+def test_same_output_with_four_tokenizer_actors(one_actor_run, sample, tmp_path):
+    output, manifest = one_actor_run
+    # Small blocks: 600 rows become many blocks, so all four actors really share the work.
+    other = run_job(
+        tmp_path / "out4", [sample[0]], tokenize_actors=4, rows_per_shard=200, tokenize_batch_size=16, block_size_mb=0.02
+    )
+    assert other["rows"] == manifest["rows"] and other["tokens"] == manifest["tokens"]
+    for subdir in ("data", "removed", "rejected"):
+        ours, theirs = read_dir(output, subdir), read_dir(tmp_path / "out4", subdir)
+        assert len(ours) == len(theirs)
+        assert all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+
+
+def test_complete_output_is_not_overwritten_without_flag(one_actor_run, sample):
+    output, _ = one_actor_run
+    before = sorted(glob.glob(os.path.join(output, "**"), recursive=True))
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_job(output, [sample[0]])
+    assert sorted(glob.glob(os.path.join(output, "**"), recursive=True)) == before
+
+
+def test_failed_attempt_leaves_no_stale_files(ray_local, sample, tmp_path):
+    output = tmp_path / "out"
+    # An earlier attempt that died mid-write: more shards than this run makes, no _SUCCESS.
+    (output / "data").mkdir(parents=True)
+    (output / "data" / "part-00007-of-00009.parquet").write_bytes(b"stale")
+    (output / "manifest.json").write_text("{}")
+    manifest = run_job(output, [sample[0]], max_tokens=100, min_tokens=5)
+    assert not (output / "data" / "part-00007-of-00009.parquet").exists()
+    assert json.loads((output / "manifest.json").read_text())["rows"] == manifest["rows"]
+    # max/min tokens reach the length filter
+    assert manifest["rows"]["by_reason"].get(schema.TOO_LONG, 0) > manifest["rows"]["by_reason"].get(
+        schema.SPECIAL_TOKEN_IN_CONTENT, 0
+    )
+    assert all(r["num_tokens"] <= 100 for t in read_dir(output, "data") for r in t.to_pylist())
+    # --overwrite replaces a complete output
+    again = run_job(output, [sample[0]], max_tokens=4096, overwrite=True)
+    assert again["rows"]["by_reason"].get(schema.TOO_LONG) == sum(
+        1 for r in read_dir(output, "removed")[0].to_pylist() if r["reason"] == schema.TOO_LONG
+    )
