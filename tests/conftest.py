@@ -45,7 +45,7 @@ def data_context(ray_local):
     DataContext._set_current(saved)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
