@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from operators.embed import EmbedConfig
+from operators.exact_dedup import DEDUP_ON
+from operators.index import IndexConfig
 from operators.normalize import NormalizeConfig
 from operators.tokens import TokenizerConfig
 
@@ -33,6 +36,37 @@ class LengthConfig:
             raise ValueError(
                 f"--max-tokens ({self.max_tokens}) must be >= 1 and >= --min-tokens ({self.min_tokens})"
             )
+
+
+KEEP_RULES = ("first", "longest", "none")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    enabled: bool = True
+    dedup_on: str = "conversation"
+    # 0.95 cosine is the tutorial's near-duplicate threshold (ARCHITECTURE.md).
+    threshold: float = 0.95
+    # Pairs down to this similarity are recorded (neighbors/) so `rethreshold` can move the threshold
+    # down without embedding again; None means threshold - 0.05.
+    record_threshold: float | None = None
+    keep: str = "first"
+
+    def __post_init__(self):
+        if self.dedup_on not in DEDUP_ON:
+            raise ValueError(f"--dedup-on must be one of {', '.join(DEDUP_ON)}, got {self.dedup_on!r}")
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP_RULES)}, got {self.keep!r}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"--threshold is a cosine similarity in (0, 1], got {self.threshold}")
+        if not 0.0 < self.recorded <= self.threshold:
+            raise ValueError(
+                f"--record-threshold must be in (0, --threshold={self.threshold}], got {self.record_threshold}"
+            )
+
+    @property
+    def recorded(self) -> float:
+        return round(self.threshold - 0.05, 6) if self.record_threshold is None else self.record_threshold
 
 
 @dataclass(frozen=True)
@@ -58,8 +92,15 @@ class ResourceConfig:
     # 16 MiB is ~8k typical chat rows: small enough to spread one large file over every actor,
     # large enough that per-block scheduling overhead stays negligible.
     block_size_mb: float = 16.0
+    embed_actors: int | None = None  # None: one per GPU (by --embed-gpus-per-actor), else one CPU actor
+    embed_gpus_per_actor: float = 1.0  # fractional packs several small-model actors on one GPU
+    index_cpus_per_shard: float | None = None  # None: derived so every shard fits (jobs/resources.py)
 
     def __post_init__(self):
+        if self.embed_actors is not None and self.embed_actors < 1:
+            raise ValueError(f"--embed-actors must be >= 1, got {self.embed_actors}")
+        if not 0 < self.embed_gpus_per_actor <= 8:
+            raise ValueError(f"--embed-gpus-per-actor must be in (0, 8], got {self.embed_gpus_per_actor}")
         if not self.block_size_mb > 0:
             raise ValueError(f"--block-size-mb must be > 0, got {self.block_size_mb}")
         if self.tokenize_actors is not None and self.tokenize_actors < 1:
@@ -75,6 +116,9 @@ class PrepareConfig:
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
 
@@ -163,6 +207,39 @@ OPTIONS: tuple[Option, ...] = (
            type=int),
     Option("min_tokens", "length", "min_tokens", "remove rows with fewer tokens than this as too_short (default: 0)",
            type=int),
+    Option("no_dedup", "dedup", "enabled", "skip exact and near-duplicate removal",
+           type=bool, convert=lambda v: not v, flag_kwargs={"action": "store_true"}),
+    Option("dedup_on", "dedup", "dedup_on",
+           "what is compared for duplicates: every turn, the user turns, or the assistant turns",
+           choices=DEDUP_ON),
+    Option("threshold", "dedup", "threshold", "near-duplicate cosine similarity (default: 0.95)", type=float),
+    Option("record_threshold", "dedup", "record_threshold",
+           "record pairs down to this similarity in neighbors/ (default: threshold - 0.05)", type=float),
+    Option("keep", "dedup", "keep",
+           "which row of a duplicate group is kept: the first by (source, source_row), the longest answer, "
+           "or none (the tutorial's rule: every row with a duplicate is removed)", choices=KEEP_RULES),
+    Option("embedder", "embed", "model",
+           "sentence-transformers model: the built-in offline all-MiniLM-L6-v2 (default), a local directory, "
+           "or a hub name such as thenlper/gte-large (downloads)"),
+    Option("embed_max_tokens", "embed", "max_tokens",
+           "word pieces embedded per row; longer texts are embedded window by window and averaged (default: 512)",
+           type=int),
+    Option("embed_batch_size", "embed", "batch_size", "texts per forward pass (default: 128)", type=int),
+    Option("index", "index", "kind", "flat (exact, default) or ivf (approximate, faster at scale)",
+           choices=("flat", "ivf")),
+    Option("index_shards", "index", "shards", "FAISS index shards, each held by a Ray actor (default: 1)",
+           type=int),
+    Option("nlist", "index", "nlist", "ivf lists (default: about 4*sqrt(rows))", type=int),
+    Option("nprobe", "index", "nprobe", "ivf lists probed per query (default: 16)", type=int),
+    Option("max_neighbors", "index", "max_neighbors",
+           "neighbours kept per row and shard in the first search pass; rows that hit it are re-searched "
+           "exhaustively (default: 64)", type=int),
+    Option("embed_actors", "resources", "embed_actors",
+           "embedding actors (default: one per GPU, or one CPU actor)", type=int),
+    Option("embed_gpus_per_actor", "resources", "embed_gpus_per_actor",
+           "GPUs per embedding actor; fractional packs small models (default: 1)", type=float),
+    Option("index_cpus_per_shard", "resources", "index_cpus_per_shard",
+           "CPUs reserved per index shard actor (default: derived so all shards fit)", type=float),
     Option("address", "resources", "address", "Ray cluster address (default: RAY_ADDRESS, else start Ray locally)"),
     Option("tokenize_actors", "resources", "tokenize_actors",
            "tokenizer actors (default: one per CPU of the cluster, see README)", type=int),

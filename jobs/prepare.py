@@ -37,6 +37,7 @@ from operators.write import (
     REMOVED_DIR,
     WORK_DIR,
     Output,
+    read_checkpoint,
     write_shards,
 )
 
@@ -137,7 +138,28 @@ OUTPUTS = (
 )
 
 
-def commit(config: PrepareConfig, output: Output, rows_uri: str, timings: Timings, extra: dict) -> dict:
+def apply_decisions(batch: pa.Table, decisions: pa.Table) -> pa.Table:
+    """Mark the rows that dedup removed: status, reason, detail, duplicate_of, similarity."""
+    position = pc.index_in(batch.column(schema.ID), value_set=decisions.column(schema.ID))
+    hit = pc.is_valid(position)
+    if not pc.any(hit).as_py():
+        return batch
+    taken = decisions.take(pc.fill_null(position, 0))
+    columns = {name: batch.column(name) for name in batch.column_names}
+    columns[schema.STATUS] = pc.if_else(hit, schema.REMOVED, batch.column(schema.STATUS))
+    for name in (schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.SIMILARITY):
+        columns[name] = pc.if_else(hit, taken.column(name), batch.column(name))
+    return pa.table(columns, schema=schema.WORK_SCHEMA)
+
+
+def commit(
+    config: PrepareConfig,
+    output: Output,
+    rows: tuple[Output, tuple[str, ...]],
+    timings: Timings,
+    extra: dict,
+    decisions: pa.Table | None,
+) -> dict:
     """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest.
 
     One read and one distributed sort of the checkpoint; each status is then selected from the sorted
@@ -148,11 +170,12 @@ def commit(config: PrepareConfig, output: Output, rows_uri: str, timings: Timing
     context.execution_options.preserve_order = True
     try:
         with timings.stage("sort"):
-            ordered = (
-                ray.data.read_parquet(rows_uri, num_cpus=IO_TASK_CPUS)
-                .sort([schema.SOURCE, schema.SOURCE_ROW])
-                .materialize()
-            )
+            ordered = read_checkpoint(*rows)
+            if decisions is not None and decisions.num_rows:
+                ordered = ordered.map_batches(
+                    apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+                )
+            ordered = ordered.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
         stats = RowStats()
         with timings.stage("stats"):
             for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
@@ -247,22 +270,30 @@ def _run(config: PrepareConfig, output: Output, timings: Timings, started: float
     with timings.stage("discover"):
         inputs = discover_inputs(resolve_inputs(config, output))
     logger.info("%d input files", len(inputs))
-    rows_uri = output.child_uri(WORK_DIR, ROWS_CHECKPOINT)
+    rows = (output, (WORK_DIR, ROWS_CHECKPOINT))
     output.delete_dir(WORK_DIR, ROWS_CHECKPOINT)  # an earlier attempt's rows never mix in
     with timings.stage("read_normalize_tokenize_filter"):
         build_rows_plan(config, inputs).write_parquet(
-            rows_uri, ray_remote_args={"num_cpus": IO_TASK_CPUS}, compression="zstd"
+            output.child_uri(WORK_DIR, ROWS_CHECKPOINT), ray_remote_args={"num_cpus": IO_TASK_CPUS}, compression="zstd"
         )
+    decisions, dedup_manifest = None, None
+    if config.dedup.enabled:
+        from jobs.dedup import run_dedup
+
+        outcome = run_dedup(config, output, rows, timings)
+        decisions, dedup_manifest = outcome.decisions, outcome.manifest
     manifest = commit(
         config,
         output,
-        rows_uri,
+        rows,
         timings,
+        decisions=decisions,
         extra={
             "inputs": [{"source": f.source, "uri": f.uri} for f in inputs],
             "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
         },
     )
+    manifest["dedup"] = dedup_manifest
     manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
     output.write_json(MANIFEST, manifest)
     output.write_text("README.md", dataset_card(manifest))

@@ -29,3 +29,36 @@ def plan_tokenize(cluster_cpus: float, requested_actors: int | None) -> StagePla
     actors = requested_actors or max(1, int(cluster_cpus))
     share = (cluster_cpus - IO_RESERVE_CPUS) / actors
     return StagePlan(actors=actors, cpus_per_actor=round(min(1.0, share), 4))
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float  # 0 on a CPU-only cluster: a stage never asks for a GPU the cluster lacks
+    device: str
+    threads: int | None  # torch threads per CPU actor (Ray would otherwise pin OMP to 1 in fractional actors)
+
+
+def plan_embed(cluster: dict, requested_actors: int | None, gpus_per_actor: float) -> EmbedPlan:
+    """GPUs present: one actor per `gpus_per_actor` GPUs (all of them by default), fp16 on cuda.
+    CPU only: one actor using every core's threads (torch parallelises one big batch better than
+    several actors share two cores), unless more are requested."""
+    cpus, gpus = cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
+    if gpus > 0:
+        actors = requested_actors or max(1, int(gpus / gpus_per_actor))
+        share = (cpus - IO_RESERVE_CPUS) / actors
+        return EmbedPlan(actors, round(max(0.0, min(1.0, share)), 4), gpus_per_actor, "cuda", None)
+    actors = requested_actors or 1
+    share = (cpus - IO_RESERVE_CPUS) / actors
+    if share <= 0:
+        raise ValueError(f"the Ray cluster has {cpus} CPUs; embedding needs more than {IO_RESERVE_CPUS}")
+    threads = max(1, int(cpus // actors))
+    return EmbedPlan(actors, round(share, 4), 0.0, "cpu", threads)
+
+
+def plan_index_cpus(cluster_cpus: float, shards: int, requested: float | None) -> float:
+    """CPUs each index shard actor reserves: fractional, so 4 shards fit on 2 cores (NOTES.md)."""
+    if requested is not None:
+        return requested
+    return round(min(1.0, (cluster_cpus - IO_RESERVE_CPUS) / shards), 4)

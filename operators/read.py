@@ -13,7 +13,6 @@ with `source_row = -1`; a truncated `.gz` keeps the lines before the damage plus
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import json
 import logging

@@ -17,9 +17,10 @@ import math
 import os
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -91,7 +92,8 @@ class TokenizerConfig:
     `name_or_path`: "mistral-7b-v0.1" (the built-in offline default), a local tokenizer directory
     (loaded with local_files_only=True), or a Hugging Face hub name (downloads: the user's choice).
     `chat_template`: path of a .jinja file that replaces the tokenizer's own template.
-    `num_threads`: tokenizer (Rust/rayon) threads per worker; None leaves the library default (all cores).
+    `num_threads`: encoder (Rust/rayon) threads per process; None = the Ray actor's CPU share, rounded up
+    (all cores outside Ray).
     """
 
     name_or_path: str = DEFAULT_TOKENIZER
@@ -111,9 +113,7 @@ class TokenizerConfig:
             )
         if self.chat_template is not None:
             if not isinstance(self.chat_template, (str, os.PathLike)) or not str(self.chat_template).strip():
-                raise ValueError(
-                    f"chat_template must be the path of a .jinja file, got {self.chat_template!r}"
-                )
+                raise ValueError(f"chat_template must be the path of a .jinja file, got {self.chat_template!r}")
             if not Path(self.chat_template).expanduser().is_file():
                 raise ValueError(
                     f"chat_template file {str(self.chat_template)!r} not found: give the path of a Jinja "

@@ -24,7 +24,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from operators import schema
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +142,32 @@ def write_shards(ordered, output: Output, subdir: str, out_schema: pa.Schema, ro
     if sum(written) != total:
         raise RuntimeError(f"{subdir}: wrote {sum(written)} rows of {total}")
     return names
+
+
+def list_parquet(output: Output, *parts: str) -> list[str]:
+    """Parquet files under a checkpoint directory, sorted (deterministic block order)."""
+    selector = pafs.FileSelector(output.child_path(*parts), recursive=True, allow_not_found=True)
+    return sorted(i.path for i in output.fs.get_file_info(selector) if i.path.endswith(".parquet"))
+
+
+def _read_parquet_files(batch: pa.Table, fs: pafs.FileSystem, columns: list[str] | None):
+    for path in batch.column("path").to_pylist():
+        yield from (pa.Table.from_batches([b]) for b in pq.ParquetFile(path, filesystem=fs).iter_batches(columns=columns))
+
+
+def read_checkpoint(output: Output, parts: tuple[str, ...], columns: list[str] | None = None):
+    """A Ray dataset over a checkpoint directory, read by fractional-CPU tasks.
+
+    Why not `ray.data.read_parquet`: in Ray 2.60 it adds a ListFiles task that reserves a whole CPU,
+    which never schedules next to actor pools holding the rest of a 2-core machine (NOTES.md's deadlock).
+    """
+    files = list_parquet(output, *parts)
+    if not files:
+        raise FileNotFoundError(f"no parquet files under {output.child_uri(*parts)}")
+    return ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
+        _read_parquet_files,
+        fn_args=(output.fs, columns),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+    )

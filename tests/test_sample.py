@@ -140,7 +140,7 @@ def sample(tmp_path_factory):
 def duplicates(sample):
     """Clean-looking rows split into exact and near duplicates of an earlier row, with that row."""
     _, rows = sample
-    chats = [(shard, text) for shard, _, line, kind in rows if kind == CLEAN for text in [chat_text(line)]]
+    chats = [(shard, chat_text(line)) for shard, _, line, kind in rows if kind == CLEAN]
     seen: dict[str, int] = {}
     exact, near = [], []
     shingles: dict[tuple, list[int]] = defaultdict(list)  # 4-word shingles narrow the difflib search
@@ -357,7 +357,7 @@ def test_clean_rows_are_diverse(duplicates):
     words = [set(dedup_key(text).split()) for text in texts]
     pairs = random.Random(0).sample(list(itertools.combinations(range(len(words)), 2)), 3000)
     jaccard = [len(words[a] & words[b]) / len(words[a] | words[b]) for a, b in pairs]
-    assert sum(jaccard) / len(jaccard) < 0.15
+    assert sum(jaccard) / len(jaccard) < 0.2  # ~0.13: shared glue words ("the", "user:") only
     assert max(jaccard) < 0.6
     # Short answers by default: tens of tokens, so CPU embedding of the quickstart stays fast.
     lengths = sorted(len(text.split()) for text in texts)

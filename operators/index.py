@@ -1,0 +1,660 @@
+"""Sharded index and cross-shard search: every row against every shard -> pairs >= record threshold.
+
+ARCHITECTURE.md, "Near-duplicate semantics" and "Same input, same output". Rows are identified by their
+**rank** (0..n-1, keep priority, 0 first); vectors are L2-normalized float32 `[n, d]`. Shard `s` of `S`
+holds the rows with `rank % S == s`. Every query is searched against every shard, and a shard reports only
+the pairs whose query rank is the lower one, so each pair `(a, b)`, `a < b`, is found exactly once.
+
+Why the results do not depend on sharding or batching (the contract, tested exactly):
+
+* FAISS computes the same inner product with different code paths (BLAS for big query batches, SIMD loops
+  otherwise), so one pair's similarity can differ in the last bits between 1 and 4 shards. Every similarity
+  we *report* is therefore recomputed by `pair_similarity`: the products of two float32 vectors are exact in
+  float64, their float64 sum is rounded once to float32. The value depends only on the two vectors.
+* FAISS is used only to find candidates, with a safety `margin` below the record threshold
+  (`_margin(d)` >= 2x the worst-case float32 error of a d-term dot product of unit vectors, d * 2**-24),
+  and the candidates are filtered on the recomputed value with exactly `>=` (NOTES.md: FAISS range search
+  is strict `>`, which the margin makes irrelevant). So the pairs are exactly "all pairs whose recomputed
+  similarity is >= record_threshold", whatever FAISS's own rounding did.
+* Work per query is bounded by k-NN with `k = max_neighbors + 1` (the query itself may be one of them).
+  A query whose k-th result is still within reach (>= record threshold - margin, or within `margin` of its
+  best result) *hit the bound*: it is re-searched with a range search, which has no bound. The second rule
+  makes the best neighbour exact too: a tie group larger than the bound cannot hide the true best.
+  Which queries hit the bound depends on how the rows are split (a group of 40 hits a bound of 16 on one
+  shard but not on four), so `Neighbors.researched` is a work counter, not part of the result.
+* IVF: the coarse assignment (which list a vector goes to, which lists a query probes) is a near-tie
+  decision as well, so we make it ourselves (`_Centroids`): float32 scores from numpy, the close calls
+  re-decided with `pair_similarity`, ties to the lower list id, then FAISS's preassigned add/search. All
+  shards share one trained quantizer (NOTES.md), so they partition the space identically and an IVF search
+  over S shards probes exactly the vectors one index would.
+
+GPU (`IndexConfig.gpu`, flat only): the k-NN pass runs on a GPU copy of the shard (k <= 2048 there);
+GPU flat indexes have no range search (NOTES.md), so the re-search of the queries that hit the bound runs
+on the CPU index, as `faiss.contrib.exhaustive_search.range_search_gpu` does. Not exercised by the tests
+(no faiss-gpu on the test machines).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import faiss
+import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, search_preassigned
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("flat", "ivf")
+# GPU k-NN returns at most 2048 results per query (NOTES.md, "FAISS").
+GPU_MAX_K = 2048
+# Queries per FAISS call in `search_in_process`: far above FAISS's BLAS switch (20 queries) and small
+# enough that the k-NN result matrices stay a few MB.
+QUERY_BATCH = 4096
+# Rows per chunk when recomputing similarities: the float64 gathers stay in cache (about 4x faster than
+# one big gather, measured here).
+_DOT_CHUNK = 4096
+# Coarse scores per chunk (rows x nlist float32, 16 MB): big chunks, since small BLAS calls are slow here
+# (512-row matmuls measured 5x slower per row than one big one on the shared 2 cores).
+_COARSE_SCORES = 1 << 22
+# Extra float32 coarse candidates beyond nprobe (rows whose close calls reach past them are re-scored
+# against every list).
+_COARSE_EXTRA = 8
+# FAISS's IVF guidance (wiki "Guidelines to choose an index"): nlist between 4*sqrt(n) and 16*sqrt(n),
+# trained on 30*nlist .. 256*nlist vectors; k-means warns below 39 points per centroid.
+_NLIST_PER_SQRT_N = 4
+_MIN_POINTS_PER_LIST = 39
+_TRAIN_POINTS_PER_LIST = 64
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the index is built and searched; one object shared by training, every shard and the merge.
+
+    `nprobe=16`: FAISS's default is 1, which misses near-duplicates that fall just across a list border;
+    with nlist ~ 4*sqrt(n) lists, 16 probes scan ~16/nlist of the data and measured recall of the pairs
+    against flat search was 1.0 on the planted test data (tests/test_index.py). Measure on your data.
+    `max_neighbors=64`: bounds first-pass work per query per shard; rows in bigger groups are re-searched.
+    """
+
+    kind: str = "flat"
+    shards: int = 1
+    nlist: int | None = None
+    nprobe: int = 16
+    max_neighbors: int = 64
+    gpu: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"index kind {self.kind!r} is unknown: use one of {', '.join(KINDS)}")
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError(f"index shards must be an integer >= 1, got {self.shards!r}")
+        if self.nlist is not None and (not isinstance(self.nlist, int) or self.nlist < 1):
+            raise ValueError(f"nlist must be an integer >= 1 or None (chosen from n), got {self.nlist!r}")
+        if not isinstance(self.nprobe, int) or self.nprobe < 1:
+            raise ValueError(f"nprobe must be an integer >= 1, got {self.nprobe!r}")
+        if not isinstance(self.max_neighbors, int) or self.max_neighbors < 1:
+            raise ValueError(f"max_neighbors must be an integer >= 1, got {self.max_neighbors!r}")
+        if self.gpu and self.kind != "flat":
+            raise ValueError(
+                "gpu=True supports kind='flat' only (GPU IVF has no preassigned range search, which the exact "
+                "re-search needs): use kind='flat' on GPU or kind='ivf' on CPU"
+            )
+        if self.gpu and self.max_neighbors + 1 > GPU_MAX_K:
+            raise ValueError(
+                f"max_neighbors={self.max_neighbors} is too large for a GPU index (k = max_neighbors + 1 <= "
+                f"{GPU_MAX_K}): lower it; rows with more neighbours are re-searched anyway"
+            )
+
+    def resolved_nlist(self, n: int) -> int:
+        """`nlist`, or the default for n rows: round(4*sqrt(n)), at most n // 39 (FAISS guidance), >= 1."""
+        if self.nlist is not None:
+            return self.nlist
+        return default_nlist(n)
+
+
+def default_nlist(n: int) -> int:
+    return max(1, min(round(_NLIST_PER_SQRT_N * math.sqrt(n)), n // _MIN_POINTS_PER_LIST))
+
+
+def training_sample_ranks(n: int, nlist: int, seed: int = 0) -> np.ndarray:
+    """The ranks the IVF quantizer is trained on: min(n, 64 * nlist) of them, drawn with `seed`, sorted.
+
+    Drawn by rank (not by position in a batch), so the sample does not depend on how rows are batched.
+    """
+    size = min(n, _TRAIN_POINTS_PER_LIST * nlist)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)).astype(np.int64)
+
+
+def pair_similarity(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of float32 vectors as float32: exact float64 products, float64 sum, one rounding.
+
+    The value depends only on the two rows (not on batch, shard or memory layout); it is within 2**-24
+    relative of the exact dot product, so it is also closer to it than FAISS's float32 accumulation.
+    """
+    out = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), _DOT_CHUNK):
+        stop = start + _DOT_CHUNK
+        prod = x[start:stop].astype(np.float64)
+        prod *= y[start:stop]
+        out[start:stop] = prod.sum(axis=1)
+    return out
+
+
+def _margin(dim: int) -> np.float32:
+    # Worst-case error of a float32 d-term dot product of unit vectors is about d * 2**-24 (2.3e-5 at
+    # d=384); candidates are taken `margin` below what we need, so twice that error always fits.
+    return np.float32(max(1e-4, 4 * dim * 2.0**-24))
+
+
+def _check_threshold(value: float, name: str) -> np.float32:
+    t = np.float32(value)
+    if not (-1.0 <= t <= 1.0):
+        raise ValueError(f"{name} must be a cosine in [-1, 1], got {value!r}")
+    return t
+
+
+def _check_batch(ranks: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    ranks = np.asarray(ranks)
+    vectors = np.asarray(vectors)
+    if ranks.ndim != 1 or not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError(f"ranks must be a 1-d integer array, got shape {ranks.shape} dtype {ranks.dtype}")
+    if vectors.ndim != 2 or vectors.shape != (len(ranks), dim):
+        raise ValueError(f"vectors must have shape ({len(ranks)}, {dim}), got {vectors.shape}")
+    if vectors.dtype != np.float32:
+        raise ValueError(f"vectors must be float32 (compared in float32, ARCHITECTURE.md), got {vectors.dtype}")
+    if len(ranks) and ranks.min() < 0:
+        raise ValueError("ranks must be >= 0")
+    if len(vectors):
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.abs(norms - 1) > 1e-3
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} vectors are not L2-normalized (norm {norms[bad][0]:.4f}): normalize them "
+                "before indexing, inner product is cosine only on unit vectors"
+            )
+    return ranks.astype(np.int64, copy=False), np.ascontiguousarray(vectors)
+
+
+@dataclass
+class ShardResult:
+    """One shard's answer for one batch of queries."""
+
+    pairs_a: np.ndarray  # int64 query rank (the lower one)
+    pairs_b: np.ndarray  # int64 neighbour rank
+    pairs_sim: np.ndarray  # float32, recomputed, >= record threshold
+    query_ranks: np.ndarray  # int64 [q]: the queries answered
+    best_rank: np.ndarray  # int64 [q]: best other row in this shard, -1 if none
+    best_sim: np.ndarray  # float32 [q]: its similarity, NaN if none
+    researched: np.ndarray  # int64 ranks of the queries that hit the bound in this shard
+
+    @classmethod
+    def nothing_found(cls, query_ranks: np.ndarray) -> ShardResult:
+        q = len(query_ranks)
+        empty = np.empty(0, dtype=np.int64)
+        return cls(
+            empty, empty, np.empty(0, np.float32), query_ranks,
+            np.full(q, -1, np.int64), np.full(q, np.nan, np.float32), empty,
+        )
+
+
+@dataclass
+class Neighbors:
+    pairs_a: np.ndarray  # int64 ranks, a < b, sorted by (a, b)
+    pairs_b: np.ndarray
+    pairs_sim: np.ndarray  # float32, recomputed (pair_similarity), >= record threshold
+    best_rank: np.ndarray  # int64 [n]: each row's best OTHER neighbour (-1 if none: n == 1, or IVF probed nothing)
+    best_sim: np.ndarray  # float32 [n]; NaN where best_rank == -1
+    researched: int  # queries that hit max_neighbors in some shard (depends on the shard count: a counter)
+
+
+class _Centroids:
+    """Deterministic coarse assignment for a shared IVF quantizer: top-m lists by inner product.
+
+    float32 scores (numpy matmul) select candidates; every list within `margin` of the m-th is re-scored with
+    `pair_similarity` (a function of the two vectors only) and the top m are taken by (score desc, list id
+    asc). So the lists do not depend on which rows share a batch (FAISS's own assignment does, in near-ties).
+    Returned sorted by list id.
+    """
+
+    def __init__(self, centroids: np.ndarray, margin: np.float32):
+        self.c32 = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.nlist = len(self.c32)
+        self.margin = margin
+
+    def top(self, x: np.ndarray, m: int) -> np.ndarray:
+        m = min(m, self.nlist)
+        out = np.empty((len(x), m), dtype=np.int64)
+        step = max(256, _COARSE_SCORES // self.nlist)
+        for start in range(0, len(x), step):
+            out[start:start + step] = self._top(x[start:start + step], m)
+        return out
+
+    def _top(self, x: np.ndarray, m: int) -> np.ndarray:
+        n, nlist, margin = len(x), self.nlist, self.margin
+        if m == nlist:
+            return np.tile(np.arange(nlist, dtype=np.int64), (n, 1))
+        scores = x @ self.c32.T
+        width = min(nlist, m + _COARSE_EXTRA)
+        if width < nlist:
+            cand = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+        else:
+            cand = np.tile(np.arange(nlist, dtype=np.int64), (n, 1))
+        cand_scores = np.take_along_axis(scores, cand, axis=1)
+        order = np.argsort(-cand_scores, axis=1, kind="stable")
+        cand = np.take_along_axis(cand, order, axis=1)
+        cand_scores = np.take_along_axis(cand_scores, order, axis=1)
+        mth = cand_scores[:, m - 1 : m]
+        # float32 scores are within margin/2 of the exact ones: lists more than `margin` above the m-th
+        # are in for sure; lists within `margin` of it are re-decided with pair_similarity.
+        sure = cand_scores > mth + margin
+        close = ~sure & (cand_scores >= mth - margin)
+        # If even the last candidate is a close call, lists outside `cand` may be too: re-score all (rare).
+        wide = close[:, -1] if width < nlist else np.zeros(n, dtype=bool)
+        chosen = sure & ~wide[:, None]
+        rows, pos = np.nonzero(close & ~wide[:, None])
+        ids = cand[rows, pos]
+        exact = pair_similarity(x[rows], self.c32[ids])
+        order = np.lexsort((ids, -exact, rows))
+        rows, pos = rows[order], pos[order]
+        place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        free = m - sure.sum(axis=1)
+        pick = place < free[rows]
+        chosen[rows[pick], pos[pick]] = True
+        result = np.empty((n, m), dtype=np.int64)
+        narrow = np.flatnonzero(~wide)
+        result[narrow] = cand[narrow][chosen[narrow]].reshape(len(narrow), m)
+        for row in np.flatnonzero(wide):
+            exact = pair_similarity(np.broadcast_to(x[row], self.c32.shape), self.c32)
+            result[row] = np.lexsort((np.arange(nlist), -exact))[:m]
+        return np.sort(result, axis=1)
+
+
+def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
+    """Train an empty IndexIVFFlat (inner product, spherical k-means) on `sample`; faiss.serialize_index bytes.
+
+    Trained once and shared by every shard (NOTES.md), so all shards partition the space identically.
+    """
+    if len(sample) == 0:
+        raise ValueError("the IVF training sample is empty")
+    sample = _check_batch(np.zeros(len(sample), np.int64), np.asarray(sample), np.asarray(sample).shape[1])[1]
+    if not isinstance(nlist, int) or not 1 <= nlist <= len(sample):
+        raise ValueError(f"nlist must be in [1, {len(sample)}] (one training vector per list at least), got {nlist}")
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.cp.spherical = True  # unit centroids: inner product to a centroid is a cosine
+    index.train(sample)
+    return faiss.serialize_index(index).tobytes()
+
+
+def _resolve_threads(omp_threads: int, shards: int) -> int:
+    if omp_threads > 0:
+        return omp_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // shards)
+
+
+class IndexShard:
+    """One shard of the index: the rows with `rank % config.shards == shard_id`.
+
+    A plain class (the Ray job wraps it with `ray.remote`). `add` may receive whole batches: the shard keeps
+    its own rows. `omp_threads`: None leaves FAISS's thread count alone; 0 means this node's cores / shards
+    (Ray sets OMP_NUM_THREADS=1 for fractional actors, NOTES.md); > 0 is used as given.
+    """
+
+    def __init__(
+        self,
+        config: IndexConfig,
+        dim: int,
+        trained: bytes | None = None,
+        *,
+        shard_id: int = 0,
+        omp_threads: int | None = None,
+    ):
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if not 0 <= shard_id < config.shards:
+            raise ValueError(f"shard_id must be in [0, {config.shards}), got {shard_id}")
+        if omp_threads is not None:
+            faiss.omp_set_num_threads(_resolve_threads(omp_threads, config.shards))
+        if config.gpu and faiss.get_num_gpus() < 1:
+            raise RuntimeError("IndexConfig.gpu is set but FAISS sees no GPU: install faiss-gpu or use gpu=False")
+        self.config = config
+        self.dim = int(dim)
+        self.shard_id = shard_id
+        self.margin = _margin(self.dim)
+        self._ranks: list[np.ndarray] = []
+        self._vectors: list[np.ndarray] = []  # ivf only: FAISS keeps IVF codes by list
+        self._sealed: tuple[np.ndarray, np.ndarray] | None = None
+        self._gpu_index = None
+        self._gpu_resources = None
+        if config.kind == "flat":
+            if trained is not None:
+                raise ValueError("a flat shard takes no trained quantizer (trained=None)")
+            self._index = faiss.IndexFlatIP(self.dim)
+            self._centroids = None
+        else:
+            if trained is None:
+                raise ValueError("an ivf shard needs the shared trained quantizer: pass train_quantizer(...)")
+            index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))  # owned, already downcast
+            if not isinstance(index, faiss.IndexIVFFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise ValueError("trained must be an inner-product IndexIVFFlat from train_quantizer()")
+            if index.d != self.dim or not index.is_trained or index.ntotal != 0:
+                raise ValueError(f"trained quantizer has d={index.d}, ntotal={index.ntotal}; need d={dim}, empty")
+            index.nprobe = min(config.nprobe, index.nlist)
+            quantizer = faiss.downcast_index(index.quantizer)
+            centroids = faiss.rev_swig_ptr(quantizer.get_xb(), index.nlist * self.dim).reshape(index.nlist, self.dim)
+            self._centroids = _Centroids(centroids.copy(), self.margin)
+            self._index = index
+
+    def size(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, ranks: np.ndarray, vectors: np.ndarray) -> int:
+        """Add this shard's rows of the batch; returns how many it kept."""
+        ranks, vectors = _check_batch(ranks, vectors, self.dim)
+        mine = ranks % self.config.shards == self.shard_id
+        ranks, vectors = ranks[mine], vectors[mine]
+        if len(ranks) == 0:
+            return 0
+        if self._centroids is None:
+            self._index.add(vectors)
+        else:
+            lists = np.ascontiguousarray(self._centroids.top(vectors, 1)[:, 0])
+            ids = np.arange(self._index.ntotal, self._index.ntotal + len(ranks), dtype=np.int64)
+            add_preassigned(self._index, vectors, lists, ids)
+            self._vectors.append(vectors)
+        self._ranks.append(ranks)
+        self._sealed = None
+        self._gpu_index = None
+        return len(ranks)
+
+    def _storage(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rank, vector) of every row of the shard, by FAISS id."""
+        if self._sealed is None:
+            ranks = np.concatenate(self._ranks) if self._ranks else np.empty(0, np.int64)
+            if self._centroids is None:
+                # The flat index's own storage, no copy; valid until the next add (which unseals).
+                n = self._index.ntotal
+                vectors = faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim)
+            else:
+                vectors = np.concatenate(self._vectors) if self._vectors else np.empty((0, self.dim), np.float32)
+                self._vectors = [vectors]
+            self._ranks = [ranks]
+            self._sealed = (ranks, vectors)
+        return self._sealed
+
+    def _knn(self, q: np.ndarray, k: int, probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if probes is not None:
+            return search_preassigned(self._index, q, k, probes)
+        if self.config.gpu:
+            if self._gpu_index is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index)
+            return self._gpu_index.search(q, k)
+        return self._index.search(q, k)
+
+    def _range(self, q: np.ndarray, radius: float, probes: np.ndarray | None):
+        # Always the CPU index: GPU flat has no range search (NOTES.md).
+        if probes is not None:
+            return range_search_preassigned(self._index, q, float(radius), probes)
+        return self._index.range_search(q, float(radius))
+
+    def search(self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float) -> ShardResult:
+        """Best other neighbour of each query in this shard, and its pairs >= record_threshold (query rank lower)."""
+        qr, q = _check_batch(query_ranks, queries, self.dim)
+        t = _check_threshold(record_threshold, "record_threshold")
+        ranks, base = self._storage()
+        if len(qr) == 0 or len(ranks) == 0:
+            return ShardResult.nothing_found(qr)
+        margin = self.margin
+        radius = np.float32(t - margin)
+        bound = self.config.max_neighbors + 1
+        k = min(bound, len(ranks))
+        probes = None if self._centroids is None else self._centroids.top(q, self._index.nprobe)
+
+        dist, ids = self._knn(q, k, probes)
+        valid = ids >= 0
+        is_self = valid & (ranks[np.where(valid, ids, 0)] == qr[:, None])
+        top = np.where(valid & ~is_self, dist, -np.inf).max(axis=1)
+        # Everything at or above `need` must be seen: pairs (>= radius) and near-ties of the best.
+        need = np.minimum(radius, top - margin)
+        hit = (k == bound) & valid[:, -1] & (dist[:, -1] >= need)
+
+        rows, cols = np.nonzero(valid & ~hit[:, None])
+        cand_q, cand_id, cand_f = [rows], [ids[rows, cols]], [dist[rows, cols]]
+        hit_rows = np.flatnonzero(hit)
+        if len(hit_rows):
+            common = hit_rows[need[hit_rows] >= radius]  # need == radius: one range search for all
+            groups = [(common, radius)] if len(common) else []
+            # Tie groups below the record threshold (rare): one range search per 0.01 band of `need`, at
+            # the band's lowest need; the few extra results below a query's own need are never used.
+            ties = hit_rows[need[hit_rows] < radius]
+            band = np.floor(need[ties] / 0.01)
+            groups += [(ties[band == b], need[ties[band == b]].min()) for b in np.unique(band)]
+            for sub, r in groups:
+                lims, d, i = self._range(q[sub], r, None if probes is None else probes[sub])
+                cand_q.append(np.repeat(sub, np.diff(lims.astype(np.int64))))
+                cand_id.append(i)
+                cand_f.append(d)
+        cand_q = np.concatenate(cand_q)
+        cand_id = np.concatenate(cand_id).astype(np.int64, copy=False)
+        cand_f = np.concatenate(cand_f)
+
+        nb = ranks[cand_id]
+        other = nb != qr[cand_q]
+        cand_q, cand_id, cand_f, nb = cand_q[other], cand_id[other], cand_f[other], nb[other]
+        best_f = np.full(len(qr), -np.inf, dtype=np.float32)
+        np.maximum.at(best_f, cand_q, cand_f)
+        want_pair = (cand_f >= radius) & (qr[cand_q] < nb)
+        want_best = cand_f >= best_f[cand_q] - margin
+        sel = np.flatnonzero(want_pair | want_best)
+        sims = pair_similarity(q[cand_q[sel]], base[cand_id[sel]])
+
+        keep = want_pair[sel] & (sims >= t)
+        pairs_a, pairs_b, pairs_sim = qr[cand_q[sel[keep]]], nb[sel[keep]], sims[keep]
+
+        bsel = want_best[sel]
+        bq, bn, bs = cand_q[sel[bsel]], nb[sel[bsel]], sims[bsel]
+        best_rank = np.full(len(qr), -1, np.int64)
+        best_sim = np.full(len(qr), np.nan, np.float32)
+        first = _first_per_group(bq, bs, bn)
+        best_rank[bq[first]] = bn[first]
+        best_sim[bq[first]] = bs[first]
+        return ShardResult(pairs_a, pairs_b, pairs_sim, qr, best_rank, best_sim, qr[hit_rows])
+
+
+def _first_per_group(group: np.ndarray, sim: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Indices of the best entry per group: highest sim, ties to the lower rank."""
+    if len(group) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((rank, -sim, group))
+    g = group[order]
+    return order[np.r_[True, g[1:] != g[:-1]]]
+
+
+def merge(n: int, results: Iterable[ShardResult]) -> Neighbors:
+    """Combine shard results: pairs sorted by (a, b), best = max sim over shards, ties to the lower rank."""
+    results = list(results)
+
+    def cat(name: str, dtype) -> np.ndarray:
+        if not results:
+            return np.empty(0, dtype)
+        return np.concatenate([getattr(r, name) for r in results]).astype(dtype, copy=False)
+
+    a, b, s = cat("pairs_a", np.int64), cat("pairs_b", np.int64), cat("pairs_sim", np.float32)
+    if len(a) and (a.min() < 0 or b.max() >= n or np.any(a >= b)):
+        raise ValueError("shard results hold pairs outside [0, n) or with a >= b")
+    order = np.lexsort((b, a))
+    a, b, s = a[order], b[order], s[order]
+    if len(a) > 1 and np.any((a[1:] == a[:-1]) & (b[1:] == b[:-1])):
+        raise ValueError("a pair was found twice: some rank was added to more than one shard")
+
+    q, br, bs = cat("query_ranks", np.int64), cat("best_rank", np.int64), cat("best_sim", np.float32)
+    queried = np.zeros(n, dtype=bool)
+    queried[q] = True
+    if not queried.all():
+        raise ValueError(f"{int((~queried).sum())} of {n} ranks were never queried: every row must be searched")
+    found = br >= 0
+    q, br, bs = q[found], br[found], bs[found]
+    first = _first_per_group(q, bs, br)
+    best_rank = np.full(n, -1, np.int64)
+    best_sim = np.full(n, np.nan, np.float32)
+    best_rank[q[first]] = br[first]
+    best_sim[q[first]] = bs[first]
+    researched = int(np.unique(cat("researched", np.int64)).size)
+    return Neighbors(a, b, s, best_rank, best_sim, researched)
+
+
+def _check_ranks(ranks: np.ndarray) -> np.ndarray:
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError("ranks must be a 1-d integer array")
+    if not np.array_equal(np.sort(ranks), np.arange(len(ranks))):
+        raise ValueError("ranks must be a permutation of 0..n-1 (one rank per row)")
+    return ranks.astype(np.int64, copy=False)
+
+
+def search_in_process(
+    ranks: np.ndarray,
+    vectors: np.ndarray,
+    config: IndexConfig,
+    record_threshold: float,
+    *,
+    trained: bytes | None = None,
+) -> Neighbors:
+    """All shards in this process: the reference the Ray version must equal. ivf trains if `trained` is None."""
+    ranks = _check_ranks(ranks)
+    n = len(ranks)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be a 2-d array [n, d], got shape {vectors.shape}")
+    dim = vectors.shape[1]
+    ranks, vectors = _check_batch(ranks, vectors, dim)
+    started = time.perf_counter()
+    if config.kind == "ivf" and trained is None:
+        position = np.empty(n, np.int64)
+        position[ranks] = np.arange(n)
+        nlist = config.resolved_nlist(n)
+        trained = train_quantizer(vectors[position[training_sample_ranks(n, nlist)]], nlist)
+    shards = [IndexShard(config, dim, trained, shard_id=s) for s in range(config.shards)]
+    for start in range(0, n, QUERY_BATCH):
+        for shard in shards:
+            shard.add(ranks[start:start + QUERY_BATCH], vectors[start:start + QUERY_BATCH])
+    results = [
+        shard.search(ranks[start:start + QUERY_BATCH], vectors[start:start + QUERY_BATCH], record_threshold)
+        for start in range(0, n, QUERY_BATCH)
+        for shard in shards
+    ]
+    neighbors = merge(n, results)
+    logger.info(
+        "%s index, %d shards, %d rows: %d pairs >= %.4f, %d queries re-searched, %.1f s",
+        config.kind, config.shards, n, len(neighbors.pairs_a), record_threshold, neighbors.researched,
+        time.perf_counter() - started,
+    )
+    return neighbors
+
+
+def search_with_ray(
+    batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    n: int,
+    dim: int,
+    config: IndexConfig,
+    record_threshold: float,
+    actor_options: dict,
+    *,
+    trained: bytes | None = None,
+    omp_threads: int = 0,
+    max_in_flight: int = 4,
+    start_timeout_s: float = 300.0,
+) -> Neighbors:
+    """The same search with one Ray actor per shard; vectors streamed from `batches()`.
+
+    `batches()` yields (ranks, vectors) covering ranks 0..n-1 once; it is called twice (add, then query),
+    and once more first for ivf when `trained` is None, to gather the training sample (by rank, so the
+    quantizer does not depend on batching). Each batch is `ray.put` once and sent to every shard, which
+    keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
+    that (plus the pair list). `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
+    schedule on 2 cores, NOTES.md); `omp_threads` as in IndexShard (0: node cores / shards).
+    """
+    import ray
+
+    if "num_cpus" not in actor_options:
+        raise ValueError(
+            "actor_options must set num_cpus (e.g. 0.25): Ray's default reserves 1 CPU per actor and "
+            "S shard actors would not schedule on a small node (NOTES.md, 'Ray Data 2.60')"
+        )
+    t = _check_threshold(record_threshold, "record_threshold")
+    started = time.perf_counter()
+    if config.kind == "ivf" and trained is None:
+        nlist = config.resolved_nlist(n)
+        want = training_sample_ranks(n, nlist)
+        got_r, got_v = [], []
+        for r, v in batches():
+            r, v = _check_batch(r, v, dim)
+            mask = np.isin(r, want)
+            got_r.append(r[mask])
+            got_v.append(v[mask])
+        got_r = np.concatenate(got_r)
+        if not np.array_equal(np.sort(got_r), want):
+            raise ValueError("batches() did not yield every training-sample rank exactly once")
+        trained = train_quantizer(np.concatenate(got_v)[np.argsort(got_r)], nlist)
+
+    shard_cls = ray.remote(IndexShard)
+    actors = [
+        shard_cls.options(**actor_options).remote(
+            config, dim, trained, shard_id=s, omp_threads=omp_threads
+        )
+        for s in range(config.shards)
+    ]
+    try:
+        try:
+            ray.get([actor.size.remote() for actor in actors], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(
+                f"{config.shards} index shard actors with {actor_options} did not start in {start_timeout_s:.0f} s: "
+                "the cluster lacks the resources (lower num_cpus / num_gpus per shard)"
+            ) from None
+
+        added, queried = 0, 0
+        pending: list = []
+        for r, v in batches():
+            r, v = _check_batch(r, v, dim)
+            r_ref, v_ref = ray.put(r), ray.put(v)
+            pending.append([actor.add.remote(r_ref, v_ref) for actor in actors])
+            if len(pending) > max_in_flight:
+                added += sum(ray.get(pending.pop(0)))
+        for refs in pending:
+            added += sum(ray.get(refs))
+        if added != n:
+            raise ValueError(f"batches() yielded {added} rows to index, expected n={n}")
+
+        results: list[ShardResult] = []
+        pending = []
+        for r, v in batches():
+            r, v = _check_batch(r, v, dim)
+            queried += len(r)
+            r_ref, v_ref = ray.put(r), ray.put(v)
+            pending.append([actor.search.remote(r_ref, v_ref, float(t)) for actor in actors])
+            if len(pending) > max_in_flight:
+                results.extend(ray.get(pending.pop(0)))
+        for refs in pending:
+            results.extend(ray.get(refs))
+        if queried != n:
+            raise ValueError(f"batches() yielded {queried} query rows on the second call, expected n={n}")
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    neighbors = merge(n, results)
+    logger.info(
+        "%s index on Ray, %d shard actors, %d rows: %d pairs >= %.4f, %d queries re-searched, %.1f s",
+        config.kind, config.shards, n, len(neighbors.pairs_a), record_threshold, neighbors.researched,
+        time.perf_counter() - started,
+    )
+    return neighbors

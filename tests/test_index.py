@@ -1,0 +1,317 @@
+"""Sharded index: flat equals one exact FAISS range search, results identical for 1/2/4 shards, IVF recall,
+the Ray actors equal the in-process reference. Synthetic 384-d vectors with planted near-duplicate groups."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from operators.index import (
+    IndexConfig,
+    IndexShard,
+    Neighbors,
+    ShardResult,
+    _Centroids,
+    _margin,
+    merge,
+    pair_similarity,
+    search_in_process,
+    search_with_ray,
+    train_quantizer,
+)
+
+DIM = 384
+RECORD = np.float32(0.90)  # record threshold; the planted groups straddle it and 0.95
+BIG_GROUP = 100
+MAX_NEIGHBORS = 16  # < BIG_GROUP: the big group's members hit the bound
+FIELDS = ("pairs_a", "pairs_b", "pairs_sim", "best_rank", "best_sim")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _planted(seed: int = 7) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Vectors in row order, their ranks (a shuffled permutation), and the planted special rows (by position)."""
+    rng = np.random.default_rng(seed)
+    parts = [_unit(rng.standard_normal((2000, DIM)))]  # background: random cosines ~ N(0, 1/384), no pairs
+    # Groups: base + sigma * noise. Pairwise cosine ~ 1 / (1 + 384 sigma^2): sigma 0.0117 -> ~0.95.
+    big = _unit(rng.standard_normal((1, DIM)) + 0.0117 * rng.standard_normal((BIG_GROUP, DIM)))
+    parts.append(big)
+    for size, sigma in [(2, 0.008), (3, 0.012), (4, 0.015), (5, 0.0165), (6, 0.018)] * 8:
+        base = rng.standard_normal((1, DIM))
+        base /= np.linalg.norm(base)
+        parts.append(_unit(base + sigma * rng.standard_normal((size, DIM))))
+    # Pairs whose cosine is exactly RECORD, one ulp below, one ulp above: u = e_i, v = c e_i + sqrt(1-c^2) e_j
+    # (a single non-zero product, so every summation order gives exactly c).
+    exact = []
+    for i, c in enumerate([RECORD, np.nextafter(RECORD, np.float32(0)), np.nextafter(RECORD, np.float32(2))]):
+        u = np.zeros(DIM, np.float32)
+        u[i] = 1
+        v = np.zeros(DIM, np.float32)
+        v[i] = c
+        v[100 + i] = np.float32(np.sqrt(1 - np.float64(c) ** 2))
+        exact.append((u, v))
+    parts.append(np.array([vec for pair in exact for vec in pair], dtype=np.float32))
+    x = np.concatenate(parts)
+    n = len(x)
+    first_exact = n - 6
+    special = {
+        "big": np.arange(2000, 2000 + BIG_GROUP),
+        "at": (first_exact, first_exact + 1),
+        "below": (first_exact + 2, first_exact + 3),
+        "above": (first_exact + 4, first_exact + 5),
+    }
+    ranks = rng.permutation(n).astype(np.int64)
+    return x, ranks, special
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted()
+
+
+@pytest.fixture(scope="module")
+def flat_results(planted):
+    x, ranks, _ = planted
+    return {
+        shards: search_in_process(ranks, x, IndexConfig(shards=shards, max_neighbors=MAX_NEIGHBORS), RECORD)
+        for shards in (1, 2, 4)
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_pairs(planted):
+    """One exact IndexFlatIP range search of all vectors: pairs (rank_a < rank_b) with FAISS sim >= RECORD."""
+    x, ranks, _ = planted
+    index = faiss.IndexFlatIP(DIM)
+    index.add(x)
+    lims, sims, ids = index.range_search(x, float(np.nextafter(RECORD, np.float32(-1))))
+    query = np.repeat(np.arange(len(x)), np.diff(lims.astype(np.int64)))
+    a, b = ranks[query], ranks[ids]
+    keep = (a < b) & (sims >= RECORD)
+    return {(int(p), int(q)): float(s) for p, q, s in zip(a[keep], b[keep], sims[keep])}
+
+
+def _pair_set(nb: Neighbors) -> set[tuple[int, int]]:
+    return set(zip(nb.pairs_a.tolist(), nb.pairs_b.tolist()))
+
+
+def _assert_same(left: Neighbors, right: Neighbors) -> None:
+    for field in FIELDS:
+        assert np.array_equal(getattr(left, field), getattr(right, field), equal_nan=True), field
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_flat_pairs_equal_one_exact_faiss_range_search(flat_results, reference_pairs, shards):
+    nb = flat_results[shards]
+    assert _pair_set(nb) == set(reference_pairs)
+    assert np.all(nb.pairs_a < nb.pairs_b)
+    assert np.all(np.diff(nb.pairs_a) >= 0)  # sorted by (a, b)
+    assert nb.pairs_sim.dtype == np.float32 and np.all(nb.pairs_sim >= RECORD)
+    faiss_sims = np.array([reference_pairs[p] for p in zip(nb.pairs_a.tolist(), nb.pairs_b.tolist())])
+    assert np.max(np.abs(faiss_sims - nb.pairs_sim)) < 1e-6
+    # The planted groups straddle both thresholds, so the test is not trivially all-or-nothing.
+    assert len(nb.pairs_a) > BIG_GROUP * (BIG_GROUP - 1) // 2
+    assert np.any(nb.pairs_sim < 0.95) and np.any(nb.pairs_sim >= 0.95)
+
+
+def test_neighbors_identical_for_1_2_4_shards(flat_results):
+    _assert_same(flat_results[1], flat_results[2])
+    _assert_same(flat_results[1], flat_results[4])
+
+
+def test_record_threshold_is_inclusive_at_the_exact_float32_value(planted, flat_results):
+    x, ranks, special = planted
+    pairs = {p: s for p, s in zip(zip(flat_results[1].pairs_a.tolist(), flat_results[1].pairs_b.tolist()),
+                                  flat_results[1].pairs_sim.tolist())}
+
+    def key(name):
+        i, j = special[name]
+        return tuple(sorted((int(ranks[i]), int(ranks[j]))))
+
+    assert np.float32(pairs[key("at")]) == RECORD  # cosine exactly the threshold: recorded (>=)
+    assert key("below") not in pairs  # one ulp below: not recorded
+    assert np.float32(pairs[key("above")]) == np.nextafter(RECORD, np.float32(2))
+
+
+def test_big_group_hits_the_bound_and_is_researched_without_changing_results(planted, flat_results):
+    x, ranks, special = planted
+    for shards in (1, 2, 4):
+        assert flat_results[shards].researched > 0
+    big = set(ranks[special["big"]].tolist())
+    pairs = _pair_set(flat_results[1])
+    in_big = {p for p in pairs if p[0] in big and p[1] in big}
+    assert len(in_big) == BIG_GROUP * (BIG_GROUP - 1) // 2  # every pair of the group, not 16 per row
+    unbounded = search_in_process(ranks, x, IndexConfig(max_neighbors=4 * BIG_GROUP), RECORD)
+    assert unbounded.researched == 0
+    _assert_same(unbounded, flat_results[1])
+
+
+def test_best_neighbour_is_the_brute_force_argmax(planted, flat_results):
+    x, ranks, _ = planted
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(sims, -np.inf)
+    best_pos = sims.argmax(axis=1)
+    nb = flat_results[4]
+    expected_rank = np.empty(len(x), np.int64)
+    expected_rank[ranks] = ranks[best_pos]
+    assert np.array_equal(nb.best_rank, expected_rank)
+    expected_sim = np.empty(len(x))
+    expected_sim[ranks] = sims.max(axis=1)
+    assert np.max(np.abs(nb.best_sim - expected_sim)) < 1e-6
+    # best_sim is the recomputed value of that very pair, as in the pairs.
+    position = np.argsort(ranks)
+    assert np.array_equal(nb.best_sim, pair_similarity(x[position], x[position[nb.best_rank]]))
+
+
+def test_ivf_recall_against_flat_and_identical_across_shards(planted, flat_results):
+    x, ranks, _ = planted
+    flat = _pair_set(flat_results[1])
+    ivf = {s: search_in_process(ranks, x, IndexConfig(kind="ivf", shards=s, max_neighbors=MAX_NEIGHBORS), RECORD)
+           for s in (1, 4)}
+    found = _pair_set(ivf[1])
+    assert found <= flat  # similarities are recomputed exactly: IVF can miss pairs, never invent one
+    recall = len(found) / len(flat)
+    assert recall >= 0.99, recall
+    assert ivf[1].researched > 0
+    _assert_same(ivf[1], ivf[4])  # shared quantizer + deterministic coarse assignment
+
+
+def test_pair_similarity_does_not_depend_on_batching(planted):
+    x, _, _ = planted
+    rng = np.random.default_rng(1)
+    i, j = rng.integers(0, len(x), 5000), rng.integers(0, len(x), 5000)
+    whole = pair_similarity(x[i], x[j])
+    pieces = np.concatenate([pair_similarity(x[i[k:k + 37]], x[j[k:k + 37]]) for k in range(0, 5000, 37)])
+    assert np.array_equal(whole.view(np.int32), pieces.view(np.int32))
+    assert np.max(np.abs(whole - np.einsum("ij,ij->i", x[i].astype(np.float64), x[j].astype(np.float64)))) < 1e-7
+
+
+def test_coarse_assignment_is_the_exact_top_m_whatever_the_batch(planted):
+    x, _, _ = planted
+    rng = np.random.default_rng(2)
+    centroids = _unit(rng.standard_normal((90, DIM)))
+    # Close calls: copies of centroids up to a few ulps, so float32 ordering is unreliable; 31 copies of one
+    # centroid make rows whose close calls reach past the float32 candidates (re-scored against every list).
+    centroids[50:60] = _unit(centroids[:10] + 1e-7 * rng.standard_normal((10, DIM)))
+    centroids[60:90] = _unit(centroids[10] + 1e-7 * rng.standard_normal((30, DIM)))
+    x = np.concatenate([x, _unit(centroids[10] + 0.01 * rng.standard_normal((50, DIM)))])
+    coarse = _Centroids(centroids, _margin(DIM))
+    probes = coarse.top(x, 16)
+    assert np.array_equal(probes, np.concatenate([coarse.top(x[k:k + 50], 16) for k in range(0, len(x), 50)]))
+    exact = x.astype(np.float64) @ centroids.astype(np.float64).T
+    kth = -np.sort(-exact, axis=1)[:, 15]
+    chosen = np.take_along_axis(exact, probes, axis=1)
+    assert np.all(chosen >= kth[:, None] - 1e-7)  # the top 16 up to pair_similarity's float32 rounding
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_search_with_ray_equals_in_process(ray_local, planted, flat_results, shards):
+    x, ranks, _ = planted
+    order = np.random.default_rng(3).permutation(len(x))  # batches in no particular rank order
+
+    def batches():
+        for k in range(0, len(x), 700):
+            rows = order[k:k + 700]
+            yield ranks[rows], x[rows]
+
+    config = IndexConfig(shards=shards, max_neighbors=MAX_NEIGHBORS)
+    nb = search_with_ray(batches, len(x), DIM, config, RECORD, {"num_cpus": 0.25})
+    _assert_same(nb, flat_results[shards])
+    assert nb.researched > 0
+
+
+def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted):
+    x, ranks, _ = planted
+
+    def batches():
+        for k in range(0, len(x), 1000):
+            yield ranks[k:k + 1000], x[k:k + 1000]
+
+    config = IndexConfig(kind="ivf", shards=2, max_neighbors=MAX_NEIGHBORS)
+    expected = search_in_process(ranks, x, config, RECORD)
+    _assert_same(search_with_ray(batches, len(x), DIM, config, RECORD, {"num_cpus": 0.25}), expected)
+
+
+def test_search_with_ray_requires_fractional_cpus(ray_local, planted):
+    with pytest.raises(ValueError, match="num_cpus"):
+        search_with_ray(lambda: iter(()), 0, DIM, IndexConfig(shards=2), RECORD, {})
+
+
+def test_single_row_has_no_neighbour():
+    x = _unit(np.ones((1, 8), np.float32))
+    nb = search_in_process(np.array([0]), x, IndexConfig(shards=2), 0.5)
+    assert nb.best_rank.tolist() == [-1] and np.isnan(nb.best_sim[0]) and len(nb.pairs_a) == 0
+
+
+def test_shard_keeps_only_its_ranks():
+    x = _unit(np.random.default_rng(0).standard_normal((10, 8)))
+    shard = IndexShard(IndexConfig(shards=3), 8, shard_id=1)
+    assert shard.add(np.arange(10), x) == 3  # ranks 1, 4, 7
+    assert shard.size() == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kind": "hnsw"}, "unknown"),
+        ({"shards": 0}, "shards"),
+        ({"nlist": 0}, "nlist"),
+        ({"nprobe": 0}, "nprobe"),
+        ({"max_neighbors": 0}, "max_neighbors"),
+        ({"kind": "ivf", "gpu": True}, "flat"),
+        ({"gpu": True, "max_neighbors": 4096}, "2048"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IndexConfig(**kwargs)
+
+
+def test_bad_inputs_fail_loudly():
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="normalized"):
+        search_in_process(np.arange(5), x, IndexConfig(), 0.9)
+    with pytest.raises(ValueError, match="permutation"):
+        search_in_process(np.array([0, 1, 1, 3, 4]), _unit(x), IndexConfig(), 0.9)
+    with pytest.raises(ValueError, match="float32"):
+        search_in_process(np.arange(5), _unit(x).astype(np.float64), IndexConfig(), 0.9)
+    with pytest.raises(ValueError, match="trained quantizer"):
+        IndexShard(IndexConfig(kind="ivf"), 8)
+    with pytest.raises(ValueError, match="nlist"):
+        train_quantizer(_unit(x), 6)
+
+
+def test_merge_rejects_a_pair_found_twice_and_unsearched_rows():
+    one = ShardResult(np.array([0]), np.array([1]), np.array([0.99], np.float32), np.array([0, 1]),
+                      np.array([1, 0]), np.array([0.99, 0.99], np.float32), np.array([], np.int64))
+    with pytest.raises(ValueError, match="twice"):
+        merge(2, [one, one])
+    with pytest.raises(ValueError, match="never queried"):
+        merge(3, [one])
+
+
+def test_best_neighbour_ties_beyond_the_bound_go_to_the_lowest_rank():
+    # A query with 20 neighbours at exactly cosine 0.5 (below the record threshold) and a bound of 4: FAISS's
+    # top 5 is an arbitrary subset of the tie; the near-tie re-search must still pick the lowest rank.
+    rng = np.random.default_rng(5)
+    background = _unit(rng.standard_normal((200, DIM)))
+    background[:, :30] = 0  # no background vector shares an axis with the tie group
+    background = _unit(background)
+    query = np.zeros((1, DIM), np.float32)
+    query[0, 0] = 1
+    ties = np.zeros((20, DIM), np.float32)
+    ties[:, 0] = 0.5
+    ties[np.arange(20), 1 + np.arange(20)] = np.float32(np.sqrt(0.75))
+    x = np.concatenate([background, query, ties])
+    ranks = rng.permutation(len(x)).astype(np.int64)
+    results = [search_in_process(ranks, x, IndexConfig(shards=s, max_neighbors=4), RECORD) for s in (1, 2, 4)]
+    q_rank = ranks[200]
+    for nb in results:
+        assert nb.best_rank[q_rank] == ranks[201:].min()
+        assert nb.best_sim[q_rank] == np.float32(0.5)
+        assert np.all(nb.best_rank[ranks[201:]] == q_rank)
+        assert nb.researched >= 1
+        _assert_same(nb, results[0])
