@@ -25,6 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_prepare_arguments(prepare)
 
+    rethreshold = commands.add_parser(
+        "rethreshold",
+        help="re-derive an output for another near-duplicate threshold, without embedding again",
+        description="Apply the keep rule at a new --threshold to the pairs an output recorded (any threshold "
+        ">= its record threshold) and write a new complete output.",
+    )
+    rethreshold.add_argument("source", metavar="OUT", help="a complete chatsieve output")
+    rethreshold.add_argument("--threshold", type=float, required=True, help="the new cosine threshold")
+    rethreshold.add_argument("--output", required=True, help="where to write the new output")
+    rethreshold.add_argument("--overwrite", action="store_true", help="replace a complete output there")
+
     from jobs.sample import add_sample_arguments
 
     sample = commands.add_parser(
@@ -48,20 +59,21 @@ def main(argv: list[str] | None = None) -> int:
         print(summary)
         return 0
 
-    from jobs import prepare
+    from jobs import prepare, rethreshold
     from operators.write import OutputExistsError
 
     try:
-        config = config_from_args(args)
-    except (ValueError, OSError) as exc:
-        print(f"chatsieve: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        manifest = prepare.run(config)
-    except (OutputExistsError, ValueError) as exc:
+        if args.command == "rethreshold":
+            output = args.output
+            manifest = rethreshold.run(args.source, args.threshold, args.output, args.overwrite)
+        else:
+            config = config_from_args(args)
+            output = config.output.path
+            manifest = prepare.run(config)
+    except (OutputExistsError, ValueError, OSError) as exc:
         print(f"chatsieve: {exc}", file=sys.stderr)
         return 2
-    print(summary_table(manifest, config.output.path))
+    print(summary_table(manifest, output))
     return 0
 
 

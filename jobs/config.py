@@ -158,6 +158,18 @@ class PrepareConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
+        """The inverse of to_dict (manifest.json's "config")."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            kwargs[f.name] = f.default_factory(**value) if isinstance(value, dict) else value
+        kwargs["inputs"] = tuple(kwargs.get("inputs", (SAMPLE_INPUT,)))
+        return cls(**kwargs)
+
 
 @dataclass(frozen=True)
 class Option:

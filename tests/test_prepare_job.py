@@ -15,7 +15,6 @@ from jobs.sample import SampleConfig, write_sample
 from operators import schema
 from operators.write import OutputExistsError
 
-DEDUP_KINDS = {schema.EXACT_DUPLICATE, schema.NEAR_DUPLICATE}  # kept until near-dedup exists
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def read_dir(output, subdir):
 @pytest.fixture(scope="module")
 def one_actor_run(ray_local, sample, tmp_path_factory):
     output = tmp_path_factory.mktemp("out1")
-    manifest = run_job(output, [sample[0]], tokenize_actors=1, rows_per_shard=200)
+    manifest = run_job(output, [sample[0]], tokenize_actors=1, embed_actors=1, index_shards=1, rows_per_shard=200)
     return output, manifest
 
 
@@ -48,8 +47,8 @@ def test_every_row_is_accounted_for_with_its_planted_reason(one_actor_run, sampl
     assert rows["read"] == summary["rows"] == 600
     assert rows["read"] == rows["kept"] + rows["removed"] + rows["rejected"]
     planted = {k: n for k, n in summary["kinds"].items() if k in schema.REMOVAL_REASONS + schema.REJECTION_ERRORS}
-    expected = {k: n for k, n in planted.items() if k not in DEDUP_KINDS and k != schema.PREFERENCE_PAIR and n}
-    assert rows["by_reason"] == expected
+    expected = {k: n for k, n in planted.items() if k != schema.PREFERENCE_PAIR and n}
+    assert rows["by_reason"] == expected  # planted exact and near duplicates included
     # The files say the same as the manifest.
     kept = sum(t.num_rows for t in read_dir(output, "data"))
     removed = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
@@ -91,17 +90,71 @@ def test_output_loads_with_datasets(one_actor_run):
     assert set(ds.column_names) == set(schema.DATA_SCHEMA.names)
 
 
-def test_same_output_with_four_tokenizer_actors(one_actor_run, sample, tmp_path):
+def test_same_output_with_more_actors_and_index_shards(one_actor_run, sample, tmp_path):
+    """4 tokenizer actors, 2 embedding actors, 4 index shards: the same rows; similarities within 1e-6."""
     output, manifest = one_actor_run
-    # Small blocks: 600 rows become many blocks, so all four actors really share the work.
+    other_dir = tmp_path / "out4"
+    # Small blocks: 600 rows become many blocks, so every actor of each pool really shares the work.
     other = run_job(
-        tmp_path / "out4", [sample[0]], tokenize_actors=4, rows_per_shard=200, tokenize_batch_size=16, block_size_mb=0.02
+        other_dir, [sample[0]], tokenize_actors=4, embed_actors=2, index_shards=4, rows_per_shard=200,
+        tokenize_batch_size=16, block_size_mb=0.02,
     )
     assert other["rows"] == manifest["rows"] and other["tokens"] == manifest["tokens"]
+    for subdir in ("data", "rejected"):
+        ours, theirs = read_dir(output, subdir), read_dir(other_dir, subdir)
+        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+    ours = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
+    theirs = [r for t in read_dir(other_dir, "removed") for r in t.to_pylist()]
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in ours] == [
+        (r["id"], r["reason"], r["duplicate_of"]) for r in theirs
+    ]
+    for a, b in zip(ours, theirs):
+        assert (a["similarity"] is None) == (b["similarity"] is None)
+        if a["similarity"] is not None:
+            assert abs(a["similarity"] - b["similarity"]) <= 1e-6
+
+
+def test_near_duplicates_across_files_are_found_and_explained(one_actor_run):
+    output, manifest = one_actor_run
+    removed = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
+    kept = {r["id"]: r for t in read_dir(output, "data") for r in t.to_pylist()}
+    near = [r for r in removed if r["reason"] == schema.NEAR_DUPLICATE]
+    exact = [r for r in removed if r["reason"] == schema.EXACT_DUPLICATE]
+    assert near and exact
+    for r in near + exact:
+        assert r["duplicate_of"] in kept  # always a kept row
+        assert (kept[r["duplicate_of"]]["source"], kept[r["duplicate_of"]]["source_row"]) < (r["source"], r["source_row"])
+    assert all(r["similarity"] >= 0.95 for r in near) and all(r["similarity"] == 1.0 for r in exact)
+    assert any(kept[r["duplicate_of"]]["source"] != r["source"] for r in near)  # across input files
+    pairs = pq.read_table(os.path.join(output, "neighbors", "pairs")).to_pylist()
+    assert all(p["similarity"] >= 0.90 for p in pairs)
+    assert {(r["duplicate_of"], r["id"]) for r in near} <= {(p["id_a"], p["id_b"]) for p in pairs} | {
+        (p["id_b"], p["id_a"]) for p in pairs
+    }
+    best = pq.read_table(os.path.join(output, "neighbors", "best"))
+    assert best.num_rows == manifest["dedup"]["candidates"]
+
+
+def test_rethreshold_equals_a_fresh_run_on_the_same_vectors(one_actor_run, sample, tmp_path):
+    import shutil
+
+    from jobs import rethreshold
+
+    output, manifest = one_actor_run
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    # The planted near-duplicates sit at 0.99-0.9999: 0.996 really changes decisions.
+    moved = rethreshold.run(str(output), 0.996, str(tmp_path / "re"))
+    near = schema.NEAR_DUPLICATE
+    assert 0 < moved["rows"]["by_reason"][near] < manifest["rows"]["by_reason"][near]
+    fresh = run_job(copy, [sample[0]], tokenize_actors=1, rows_per_shard=200, threshold=0.996, overwrite=True)
+    assert fresh["dedup"]["vectors"]["reused"]  # the same vectors, not embedded again
+    assert moved["rows"] == fresh["rows"]
     for subdir in ("data", "removed", "rejected"):
-        ours, theirs = read_dir(output, subdir), read_dir(tmp_path / "out4", subdir)
-        assert len(ours) == len(theirs)
-        assert all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+        ours, theirs = read_dir(tmp_path / "re", subdir), read_dir(copy, subdir)
+        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+    with pytest.raises(ValueError, match="record threshold"):
+        rethreshold.run(str(output), 0.5, str(tmp_path / "low"))
 
 
 def test_complete_output_is_not_overwritten_without_flag(one_actor_run, sample):
@@ -118,7 +171,7 @@ def test_failed_attempt_leaves_no_stale_files(ray_local, sample, tmp_path):
     (output / "data").mkdir(parents=True)
     (output / "data" / "part-00007-of-00009.parquet").write_bytes(b"stale")
     (output / "manifest.json").write_text("{}")
-    manifest = run_job(output, [sample[0]], max_tokens=100, min_tokens=5)
+    manifest = run_job(output, [sample[0]], max_tokens=100, min_tokens=5, no_dedup=True)
     assert not (output / "data" / "part-00007-of-00009.parquet").exists()
     assert json.loads((output / "manifest.json").read_text())["rows"] == manifest["rows"]
     # max/min tokens reach the length filter
@@ -127,7 +180,7 @@ def test_failed_attempt_leaves_no_stale_files(ray_local, sample, tmp_path):
     )
     assert all(r["num_tokens"] <= 100 for t in read_dir(output, "data") for r in t.to_pylist())
     # --overwrite replaces a complete output
-    again = run_job(output, [sample[0]], max_tokens=4096, overwrite=True)
+    again = run_job(output, [sample[0]], max_tokens=4096, overwrite=True, no_dedup=True)
     assert again["rows"]["by_reason"].get(schema.TOO_LONG) == sum(
         1 for r in read_dir(output, "removed")[0].to_pylist() if r["reason"] == schema.TOO_LONG
     )
