@@ -13,7 +13,6 @@ from sentencepiece / mistral_common.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import string
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import schema
+from operators.actor_cpus import ray_actor_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class Tokenize:
         # The Rust thread pool is sized once per process, at its first parallel call: size it before that.
         # In a Ray actor, default to the actor's CPU share (rounded up): Ray sizes the pool so actors fill
         # the cores, and an actor whose encoder also used every core would oversubscribe them.
-        threads = config.num_threads or _ray_actor_cpus()
+        threads = config.num_threads or ray_actor_cpus()
         if threads:
             os.environ["RAYON_NUM_THREADS"] = str(threads)
         # Ray starts its workers fresh (never forked after the pool started), so batched encoding may run
@@ -337,21 +337,6 @@ class Tokenize:
         return tokenize_table(batch, self.tokenizer, self.special_tokens)
 
 
-def _ray_actor_cpus() -> int | None:
-    """CPUs Ray assigned to this actor, rounded up; None outside a Ray actor or when none are assigned."""
-    import sys
-
-    if "ray" not in sys.modules:
-        return None
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    context = ray.get_runtime_context()
-    if context.get_actor_id() is None:
-        return None
-    cpus = context.get_assigned_resources().get("CPU", 0.0)
-    return max(1, math.ceil(cpus)) if cpus > 0 else None
 
 
 _DECISION = (schema.STATUS, schema.REASON, schema.DETAIL)

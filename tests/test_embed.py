@@ -25,7 +25,7 @@ from operators.embed import (
 
 # Every word here is one MiniLM word piece (checked in `single_piece_words`), so in texts made of them
 # word boundaries are piece boundaries and a test can place windows and cuts by counting words.
-SINGLE_PIECE_WORDS = "the cat sat on a mat and then ran to big red house with green door near old tree".split()
+SINGLE_PIECE_WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "to", "big", "red", "house"]
 SHORT_TEXTS = [
     "How do I reverse a list in Python without changing the original list?",
     "The capital of France is Paris, a city known for its museums and cafes.",

@@ -184,3 +184,16 @@ def test_failed_attempt_leaves_no_stale_files(ray_local, sample, tmp_path):
     assert again["rows"]["by_reason"].get(schema.TOO_LONG) == sum(
         1 for r in read_dir(output, "removed")[0].to_pylist() if r["reason"] == schema.TOO_LONG
     )
+
+
+def test_ivf_index_records_its_recall_and_finds_the_same_duplicates(one_actor_run, sample, tmp_path):
+    import shutil
+
+    output, manifest = one_actor_run
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    ivf = run_job(copy, [sample[0]], tokenize_actors=1, rows_per_shard=200, index="ivf", index_shards=2, overwrite=True)
+    assert ivf["dedup"]["vectors"]["reused"]
+    recall = ivf["dedup"]["ivf_recall"]
+    assert recall["sample_rows"] > 0 and recall["recall"] >= 0.99
+    assert ivf["rows"]["by_reason"] == manifest["rows"]["by_reason"]
