@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from jobs.resources import IO_TASK_CPUS, plan_embed, plan_index_cpus
+from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
 from operators import schema
 from operators.embed import Embed
 from operators.exact_dedup import CANDIDATE_SCHEMA, DEDUP_KEY, DEDUP_TEXT, TEXT_SHA1, candidates, exact_groups, priority_order
@@ -134,7 +134,8 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[s
         return parts, True
     output.delete_dir(*parts)
     embed_plan = plan_embed(
-        ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor
+        ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
+        node_cpus=largest_node_cpus(),
     )
     logger.info("embed: %s", embed_plan)
     embed_config = dataclasses.replace(config.embed, device=embed_plan.device, threads=embed_plan.threads)

@@ -8,6 +8,7 @@ Run as `chatsieve prepare ...` or `python -m jobs.prepare ...`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -72,8 +73,38 @@ def read_and_normalize(batch: pa.Table, normalize_config):
         yield from read_file_batches(InputFile(**item), normalize_config)
 
 
+def in_submitted_job() -> bool:
+    """True inside `ray job submit`: the job supervisor hands the driver its job config in this variable."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    try:
+        return "job_submission_id" in json.loads(raw).get("metadata", {})
+    except (ValueError, AttributeError):
+        return False
+
+
+def check_submitted_job_paths(config: PrepareConfig) -> None:
+    """Inside a submitted job the cwd is a temporary copy of the submitter's working dir: a relative path
+    that does not exist there almost surely meant the submitter's directory, which the job cannot see."""
+    if not in_submitted_job():
+        return
+    candidates = [p for p in config.inputs if p != "sample" and not p.startswith("hf:")] + [config.output.path]
+    for path in candidates:
+        if "://" in path or os.path.isabs(path):
+            continue
+        if not os.path.exists(path) or path == config.output.path:
+            raise ValueError(
+                f"{path!r} is a relative path inside a Ray job, whose working directory is a temporary copy of "
+                "the submitter's: use an absolute path on the cluster's shared storage, or a URI (s3://, gs://)"
+            )
+
+
 def ensure_ray(config: PrepareConfig) -> None:
     if ray.is_initialized():
+        return
+    if in_submitted_job():
+        ray.init()  # the job's runtime_env (cluster/runtime_env.yaml) already applies to every worker
         return
     env_vars = {"TOKENIZERS_PARALLELISM": "true"}
     if config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path):
@@ -251,6 +282,7 @@ def run(config: PrepareConfig) -> dict:
     """Run the whole job; returns the manifest. Raises on config faults; data faults become rows."""
     timings = Timings()
     started = time.perf_counter()
+    check_submitted_job_paths(config)
     output = Output(config.output.path)
     output.prepare(config.output.overwrite)
     ensure_ray(config)

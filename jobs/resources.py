@@ -40,7 +40,9 @@ class EmbedPlan:
     threads: int | None  # torch threads per CPU actor (Ray would otherwise pin OMP to 1 in fractional actors)
 
 
-def plan_embed(cluster: dict, requested_actors: int | None, gpus_per_actor: float) -> EmbedPlan:
+def plan_embed(
+    cluster: dict, requested_actors: int | None, gpus_per_actor: float, node_cpus: float | None = None
+) -> EmbedPlan:
     """GPUs present: one actor per `gpus_per_actor` GPUs (all of them by default), fp16 on cuda.
     CPU only: one actor using every core's threads (torch parallelises one big batch better than
     several actors share two cores), unless more are requested."""
@@ -53,8 +55,17 @@ def plan_embed(cluster: dict, requested_actors: int | None, gpus_per_actor: floa
     share = (cpus - IO_RESERVE_CPUS) / actors
     if share <= 0:
         raise ValueError(f"the Ray cluster has {cpus} CPUs; embedding needs more than {IO_RESERVE_CPUS}")
-    threads = max(1, int(cpus // actors))
-    return EmbedPlan(actors, round(share, 4), 0.0, "cpu", threads)
+    # The reservation is accounting, the threads are the real work: at most one CPU reserved, so an
+    # actor fits a 1-CPU node of a multi-node cluster, but threads for a fair share of the cores.
+    # `node_cpus` (the largest node's) bounds the threads: an actor's cores are all on one node.
+    threads = max(1, min(int(cpus // actors), int(node_cpus or cpus)))
+    return EmbedPlan(actors, round(min(1.0, share), 4), 0.0, "cpu", threads)
+
+
+def largest_node_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
 
 
 def plan_index_cpus(cluster_cpus: float, shards: int, requested: float | None) -> float:

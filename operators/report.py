@@ -1,5 +1,9 @@
-"""Report stage: counts per stage, reason and source, and token statistics, gathered in one
-streaming pass over a few narrow columns (the driver never holds rows, only exact value counts).
+"""Report stage, the numbers: counts per stage, reason and source, token statistics and histograms,
+gathered in one streaming pass over a few narrow columns (the driver never holds rows, only exact
+value counts, merged batch by batch); and the similarity histogram, accumulated the same way.
+
+The pictures (operators/plots.py), the HTML page and the dataset card (operators/report_html.py) are
+drawn from these numbers; jobs/report.py reads an output and writes report/ and README.md.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ STAGE_OF_REASON = {
 STAGES = ("read", "normalize", "tokenize", "length_filter", "exact_dedup", "near_dedup")
 TOKEN_COLUMNS = (schema.NUM_TOKENS, schema.PROMPT_TOKENS, schema.RESPONSE_TOKENS)
 PERCENTILES = (50, 90, 99)
+LENGTH_REASONS = (schema.TOO_LONG, schema.TOO_SHORT)
+# The three views of each token column in manifest.json's tokens.histograms, in drawing order.
+BEFORE, AFTER, KEPT_VIEW = "before_length_filter", "after_length_filter", "kept"
+HISTOGRAM_VIEWS = (BEFORE, AFTER, KEPT_VIEW)
+# Bins of the token histograms. About 50 linear bins resolve a unimodal length distribution without
+# leaving most bins empty at a few thousand rows; 15 bins per decade (ratio 1.17) keep the log view as
+# fine as the linear one over the bulk of chat data (one to two decades). Both are drawn from the exact
+# merged counts, so the bins are exact, never re-binned approximations.
+LINEAR_BINS = 50
+LOG_BINS_PER_DECADE = 15
+# Similarity histogram: fixed bins over [-1, 1], so per-batch histograms merge by addition. 0.005 puts
+# ten bins between the default threshold 0.95 and the default record threshold 0.90.
+SIMILARITY_BIN = 0.005
 
 
 @dataclass
@@ -45,6 +62,17 @@ class ValueCounts:
         if len(values):
             unique, counts = np.unique(values, return_counts=True)
             self.counts.update(dict(zip(unique.tolist(), counts.tolist())))
+
+    def histogram(self, edges: list[int]) -> list[int]:
+        """Rows per bin [edges[i], edges[i+1]); every counted value must lie inside the edges."""
+        if not self.counts:
+            return [0] * (len(edges) - 1)
+        values = np.fromiter(self.counts.keys(), dtype=np.int64, count=len(self.counts))
+        weights = np.fromiter(self.counts.values(), dtype=np.int64, count=len(self.counts))
+        if values.min() < edges[0] or values.max() >= edges[-1]:
+            raise ValueError(f"values [{values.min()}, {values.max()}] outside the bins [{edges[0]}, {edges[-1]})")
+        bins = np.searchsorted(np.asarray(edges), values, side="right") - 1
+        return np.bincount(bins, weights=weights, minlength=len(edges) - 1).astype(np.int64).tolist()
 
     def summary(self) -> dict | None:
         if not self.counts:
@@ -73,6 +101,7 @@ class RowStats:
     by_reason: Counter = field(default_factory=Counter)
     by_source: dict = field(default_factory=lambda: defaultdict(Counter))
     tokens_before_filter: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
+    tokens_after_filter: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
     tokens_kept: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
 
     COLUMNS = (schema.STATUS, schema.REASON, schema.SOURCE, *TOKEN_COLUMNS)
@@ -86,9 +115,12 @@ class RowStats:
         kept = pc.equal(status, schema.KEPT)
         # Rows the tokenizer counted, whatever happened after: the "before the length filter" view.
         counted = pc.is_valid(batch.column(schema.NUM_TOKENS))
+        length_removed = pc.fill_null(pc.is_in(batch.column(schema.REASON), value_set=pa.array(LENGTH_REASONS)), False)
+        passed = pc.and_(counted, pc.invert(length_removed))
         for column in TOKEN_COLUMNS:
             values = batch.column(column)
             self.tokens_before_filter[column].add(values.filter(counted).to_numpy())
+            self.tokens_after_filter[column].add(values.filter(passed).to_numpy())
             self.tokens_kept[column].add(values.filter(kept).to_numpy())
 
     def manifest_rows(self) -> dict:
@@ -112,7 +144,85 @@ class RowStats:
         return {
             "before_length_filter": {c: v.summary() for c, v in self.tokens_before_filter.items()},
             "kept": {c: v.summary() for c, v in self.tokens_kept.items()},
+            "histograms": self.token_histograms(),
         }
+
+    def token_histograms(self) -> dict:
+        """Per token column, linear and log bins over the counted range, each with the rows per bin
+        before the length filter, after it, and kept (after dedup too). None where nothing was counted."""
+        views = {BEFORE: self.tokens_before_filter, AFTER: self.tokens_after_filter, KEPT_VIEW: self.tokens_kept}
+        out = {}
+        for column in TOKEN_COLUMNS:
+            before = self.tokens_before_filter[column]
+            if not before.counts:
+                out[column] = None
+                continue
+            lo, hi = min(before.counts), max(before.counts)
+            out[column] = {
+                scale: {"edges": edges, **{view: counts[column].histogram(edges) for view, counts in views.items()}}
+                for scale, edges in (("linear", linear_edges(hi)), ("log", log_edges(lo, hi)))
+            }
+        return out
+
+
+def nice_step(raw: float) -> int:
+    """The smallest of 1, 2, 5 x 10^k (at least 1) that is >= raw."""
+    if raw <= 1:
+        return 1
+    magnitude = 10 ** int(np.floor(np.log10(raw)))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def linear_edges(hi: int, bins: int = LINEAR_BINS) -> list[int]:
+    """Integer edges 0, w, 2w, ... with a round width w, the last one above hi (bins are [a, b))."""
+    width = nice_step(max(hi, 1) / bins)
+    return [i * width for i in range(hi // width + 2)]
+
+
+def log_edges(lo: int, hi: int, per_decade: int = LOG_BINS_PER_DECADE) -> list[int]:
+    """Integer edges at 10^(k/per_decade), rounded and deduplicated, from at most lo to above hi.
+    A bin [0, 1) comes first when lo is 0 (a log axis cannot show 0; plots draw it at 0.5)."""
+    first = int(np.floor(np.log10(max(lo, 1)) * per_decade))
+    last = int(np.floor(np.log10(max(hi, 1)) * per_decade)) + 1
+    edges = np.unique(np.round(10 ** (np.arange(first, last + 1) / per_decade)).astype(np.int64)).tolist()
+    while edges[-1] <= hi:
+        last += 1
+        edges.append(max(edges[-1] + 1, int(round(10 ** (last / per_decade)))))
+    return ([0] if lo == 0 else []) + edges
+
+
+@dataclass
+class SimilarityHistogram:
+    """Rows per best-neighbour similarity bin, fixed bins over [-1, 1] (mergeable; NaN = no neighbour)."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(round(2 / SIMILARITY_BIN), np.int64))
+    no_neighbor: int = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32)
+        missing = np.isnan(values)
+        self.no_neighbor += int(missing.sum())
+        # Compared in float32 like the keep rule (`similarity >= float32(threshold)`), so a row exactly
+        # at the threshold lands in the bin that starts there. Values a hair over 1 (NOTES.md) and
+        # exactly 1 (exact copies) go to the last bin.
+        edges = self.edges().astype(np.float32)
+        index = np.searchsorted(edges, values[~missing], side="right") - 1
+        index = np.clip(index, 0, len(self.counts) - 1)
+        self.counts += np.bincount(index, minlength=len(self.counts))
+
+    @property
+    def rows(self) -> int:
+        return int(self.counts.sum())
+
+    def edges(self) -> np.ndarray:
+        return np.round(np.arange(len(self.counts) + 1) * SIMILARITY_BIN - 1.0, 6)
+
+    def trimmed(self, include: float) -> tuple[list[float], list[int]]:
+        """(edges, counts) from the first bin holding rows (or `include`, a threshold to show) up to 1."""
+        nonzero = np.nonzero(self.counts)[0]
+        first_bin = int(np.floor((include + 1.0) / SIMILARITY_BIN))
+        start = max(0, min(first_bin, int(nonzero[0]) if len(nonzero) else first_bin) - 1)
+        return self.edges()[start:].tolist(), self.counts[start:].tolist()
 
 
 def _value_counts(array: pa.ChunkedArray) -> dict:

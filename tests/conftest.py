@@ -24,7 +24,8 @@ def ray_local():
 
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh cluster, never one another process on this machine started.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     context = DataContext.get_current()
     context.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
     context.enable_progress_bars = False

@@ -1,0 +1,140 @@
+"""Report stage, the documents: report/report.html (one self-contained page) and the output's
+README.md (a Hugging Face dataset card), rendered with Jinja from the manifest and a few looked-up rows.
+
+The HTML environment autoescapes everything: conversation text is user data and may hold markup.
+The card is Markdown with YAML front matter; its YAML scalars go through `tojson` (JSON strings are
+YAML strings), so a name with a colon or quote cannot break the front matter.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import jinja2
+
+from operators.report import HISTOGRAM_VIEWS, STAGE_OF_REASON, TOKEN_COLUMNS
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# Characters of one message shown in a pair table: enough to judge a near-duplicate by eye, bounded so
+# 40 long conversations cannot make the page heavy. The full rows are in data/ and removed/.
+MESSAGE_CHARS = 1500
+MESSAGES_SHOWN = 6
+# Hugging Face's size_categories values (the Hub's dataset card metadata).
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+BUILTIN_TOKENIZER_HUB = {"mistral-7b-v0.1": "mistralai/Mistral-7B-Instruct-v0.1"}
+BUILTIN_EMBEDDER_HUB = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def message_view(messages: list[dict] | None) -> list[dict]:
+    """The first MESSAGES_SHOWN messages, each cut to MESSAGE_CHARS (the view says what was cut)."""
+    out = []
+    for message in (messages or [])[:MESSAGES_SHOWN]:
+        content = message.get("content") or ""
+        out.append({"role": message.get("role"), "content": content[:MESSAGE_CHARS],
+                    "cut": max(0, len(content) - MESSAGE_CHARS)})
+    hidden = len(messages or []) - len(out)
+    if hidden > 0:
+        out.append({"role": None, "content": f"... {hidden} more messages", "cut": 0})
+    return out
+
+
+def dedup_settings(manifest: dict) -> dict:
+    dedup = manifest["config"]["dedup"]
+    recorded = dedup.get("record_threshold")
+    # DedupConfig.recorded: None means threshold - 0.05 (jobs/config.py).
+    recorded = round(dedup["threshold"] - 0.05, 6) if recorded is None else recorded
+    return {**dedup, "recorded": recorded}
+
+
+def token_rows(manifest: dict) -> list[dict]:
+    tokens = manifest.get("tokens") or {}
+    rows = []
+    for view in ("before_length_filter", "kept"):
+        for column in TOKEN_COLUMNS:
+            summary = (tokens.get(view) or {}).get(column)
+            rows.append({"view": view.replace("_", " "), "column": column, **(summary or {})})
+    return rows
+
+
+def reason_rows(manifest: dict) -> list[dict]:
+    return [{"reason": r, "stage": STAGE_OF_REASON.get(r, "?"), "rows": n}
+            for r, n in manifest["rows"]["by_reason"].items()]
+
+
+def dedup_rows(manifest: dict) -> list[tuple[str, object]]:
+    """The scalar dedup statistics of the manifest, flattened for a two-column table."""
+    out = []
+    for key, value in (manifest.get("dedup") or {}).items():
+        if key == "neighbor_files":
+            continue
+        if isinstance(value, dict):
+            out.extend((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            out.append((key, value))
+    return out
+
+
+def render_html(
+    manifest: dict,
+    output_uri: str,
+    images: dict[str, bytes],
+    pairs: dict[str, list[dict]],
+    notes: list[str],
+) -> str:
+    """The report page. `images`: name -> PNG bytes ('token_lengths', 'similarity'); `pairs`:
+    'closest'/'furthest' -> [{similarity, kept: row, removed: row}]; `notes`: sentences shown on top."""
+    template = _environment(autoescape=True).get_template("report.html.jinja")
+    return template.render(
+        m=manifest,
+        output_uri=output_uri,
+        images={name: data_uri(png) for name, png in images.items()},
+        pairs=pairs,
+        notes=notes,
+        dedup=dedup_settings(manifest),
+        reasons=reason_rows(manifest),
+        tokens=token_rows(manifest),
+        dedup_stats=dedup_rows(manifest),
+        views=HISTOGRAM_VIEWS,
+    )
+
+
+def size_category(rows: int) -> str:
+    return next((name for limit, name in SIZE_CATEGORIES if rows < limit), "n>1T")
+
+
+def render_card(manifest: dict) -> str:
+    """The output's README.md: a Hugging Face dataset card whose front matter points at data/*.parquet."""
+    config = manifest["config"]
+    tokenizer = config["tokenizer"]["name_or_path"]
+    embedder = config["embed"]["model"]
+    template = _environment(autoescape=False).get_template("card.md.jinja")
+    return template.render(
+        m=manifest,
+        rows=manifest["rows"],
+        config=config,
+        dedup=dedup_settings(manifest),
+        size_category=size_category(manifest["rows"]["kept"]),
+        tokenizer=tokenizer,
+        tokenizer_hub=BUILTIN_TOKENIZER_HUB.get(tokenizer, tokenizer),
+        embedder=embedder,
+        embedder_hub=BUILTIN_EMBEDDER_HUB.get(embedder),
+        kept_tokens=(manifest.get("tokens") or {}).get("kept") or {},
+        token_columns=TOKEN_COLUMNS,
+    )
