@@ -36,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     rethreshold.add_argument("--output", required=True, help="where to write the new output")
     rethreshold.add_argument("--overwrite", action="store_true", help="replace a complete output there")
 
+    from jobs.report import add_inspect_arguments, add_report_arguments
+
+    report = commands.add_parser(
+        "report", help="rebuild report/ (plots, report.html) and README.md of an existing output",
+        description="Redraw the token-length and similarity histograms, report.html and the dataset card from "
+        "OUT's manifest.json, neighbors/, removed/ and data/ (for instance after rethreshold).",
+    )
+    add_report_arguments(report)
+    inspect = commands.add_parser(
+        "inspect", help="print an output's summary: rows per stage and reason, tokens, time per stage, report path"
+    )
+    add_inspect_arguments(inspect)
+
     from jobs.sample import add_sample_arguments
 
     sample = commands.add_parser(
@@ -57,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_sample(args)
         print(summary)
+        return 0
+
+    if args.command in ("report", "inspect"):
+        from jobs.report import run_inspect, run_report
+
+        try:
+            print(run_report(args) if args.command == "report" else run_inspect(args))
+        except (ValueError, OSError) as exc:
+            print(f"chatsieve: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     from jobs import prepare, rethreshold

@@ -25,6 +25,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext
 
 from jobs.config import PrepareConfig
+from jobs.report import write_report
 from jobs.resources import IO_TASK_CPUS, plan_tokenize
 from operators import schema
 from operators.length import length_filter
@@ -262,22 +263,6 @@ def _versions() -> dict:
     return {k: v for k, v in versions.items() if v is not None}
 
 
-def dataset_card(manifest: dict) -> str:
-    """A minimal Hugging Face dataset card; the report stage writes the full one."""
-    rows, config = manifest["rows"], manifest["config"]
-    return (
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n---\n\n"
-        "# Dataset prepared by chatsieve\n\n"
-        f"{rows['kept']} conversations kept of {rows['read']} read "
-        f"({rows['removed']} removed, {rows['rejected']} rejected; see removed/ and rejected/).\n\n"
-        f"Tokenizer: `{config['tokenizer']['name_or_path']}`; max tokens {config['length']['max_tokens']}.\n\n"
-        "`text` already holds the chat template with BOS/EOS: tokenize it with `add_special_tokens=False`, "
-        "or train on `messages`.\n\n"
-        "```python\nfrom datasets import load_dataset\n"
-        'ds = load_dataset("parquet", data_files="data/*.parquet", split="train")\n```\n'
-    )
-
-
 def run(config: PrepareConfig) -> dict:
     """Run the whole job; returns the manifest. Raises on config faults; data faults become rows."""
     timings = Timings()
@@ -329,7 +314,7 @@ def _run(config: PrepareConfig, output: Output, timings: Timings, started: float
 def finish(output: Output, manifest: dict, started: float) -> dict:
     manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
     output.write_json(MANIFEST, manifest)
-    output.write_text("README.md", dataset_card(manifest))
+    write_report(output, manifest)  # report/ (plots, report.html) and README.md (dataset card)
     output.mark_success()  # last: its presence says every other file is complete
     return manifest
 

@@ -39,7 +39,7 @@ from operators.write import (
 
 logger = logging.getLogger(__name__)
 
-# 20 pairs each side: the brief asked for them, and 40 conversations is what a reader judges in one sitting.
+# 20 pairs on each side (the report issue asks for 20): 40 conversations a reader can judge in one sitting.
 PAIRS_SHOWN = 20
 READ_BATCH = 65536
 TOKEN_PLOT, SIMILARITY_PLOT, HTML = "token_lengths.png", "similarity.png", "report.html"
@@ -86,8 +86,8 @@ def select_pairs(output: Output, k: int = PAIRS_SHOWN) -> tuple[pa.Table, pa.Tab
         table = table.filter(pc.equal(table.column(schema.REASON), schema.NEAR_DUPLICATE))
         kept = _extremes(table if kept is None else pa.concat_tables([kept, table]), k)
     if kept is None or not kept.num_rows:
-        empty = pa.schema([pa.field(n, pa.string()) for n in PAIR_COLUMNS[:3]] + [pa.field(schema.SIMILARITY, pa.float32())])
-        return empty.empty_table(), empty.empty_table()
+        empty = schema.REMOVED_SCHEMA.empty_table().select(PAIR_COLUMNS)
+        return empty, empty
     closest = kept.slice(0, k)
     furthest = kept.slice(min(k, kept.num_rows)).sort_by([(schema.SIMILARITY, "descending"), (schema.ID, "ascending")])
     return closest, furthest.slice(0, k)
@@ -119,7 +119,8 @@ def pair_views(output: Output, closest: pa.Table, furthest: pa.Table) -> dict[st
     def row_view(row_id: str | None, role: str) -> dict:
         row = rows.get(row_id)
         if row is None:
-            return {"id": row_id, "source": "?", "source_row": "?", "messages": [], "note": f"not found in {DATA_DIR}/ or {REMOVED_DIR}/"}
+            return {"id": row_id, "source": "?", "source_row": "?", "messages": [],
+                    "note": f"not found in {DATA_DIR}/ or {REMOVED_DIR}/"}
         note = "removed too (--keep none)" if role == "kept" and row["where"] == REMOVED_DIR else ""
         return {"id": row_id, "source": row[schema.SOURCE], "source_row": row[schema.SOURCE_ROW],
                 "messages": message_view(row[schema.MESSAGES]), "note": note}
@@ -205,7 +206,8 @@ def inspect_manifest(manifest: dict, output: Output, complete: bool) -> str:
     lines += _table(["stage", "in", "out", "dropped"],
                     [[s["stage"], s["in"], s["out"], ", ".join(f"{r}={n}" for r, n in s["dropped"].items()) or "-"]
                      for s in rows["stages"]], "lrrl")
-    lines += ["", f"read {rows['read']} = kept {rows['kept']} + removed {rows['removed']} + rejected {rows['rejected']}", ""]
+    lines += ["", f"read {rows['read']} = kept {rows['kept']} + removed {rows['removed']} "
+                  f"+ rejected {rows['rejected']}", ""]
     sources = list(rows["by_source"].items())
     lines += _table(["source", "kept", "removed", "rejected"],
                     [[s, c["kept"], c["removed"], c["rejected"]] for s, c in sources[:SOURCES_SHOWN]], "lrrr")
@@ -226,7 +228,8 @@ def inspect_manifest(manifest: dict, output: Output, complete: bool) -> str:
     if dedup["enabled"]:
         lines.append(f"near-duplicates: threshold {dedup['threshold']} (pairs recorded from {dedup['recorded']}), "
                      f"keep {dedup['keep']}, on {dedup['dedup_on']}, embedder {manifest['config']['embed']['model']}: "
-                     f"{stats.get('exact_duplicates_removed', 0)} exact + {stats.get('near_duplicates_removed', 0)} near "
+                     f"{stats.get('exact_duplicates_removed', 0)} exact + "
+                     f"{stats.get('near_duplicates_removed', 0)} near "
                      f"removed, {stats.get('pairs_recorded', 0)} pairs recorded")
     else:
         lines.append("near-duplicates: off (--no-dedup)")

@@ -47,6 +47,14 @@ def choose_scale(histogram: dict, scale: str) -> str:
 
 
 def token_lengths_png(histograms: dict, max_tokens: int, min_tokens: int = 0, scale: str = "auto") -> bytes:
+    return _png(token_lengths_figure(histograms, max_tokens, min_tokens, scale))
+
+
+def similarity_png(histogram, threshold: float, record_threshold: float, scale: str = "auto") -> bytes:
+    return _png(similarity_figure(histogram, threshold, record_threshold, scale))
+
+
+def token_lengths_figure(histograms: dict, max_tokens: int, min_tokens: int = 0, scale: str = "auto") -> Figure:
     """Prompt, response and total token histograms (before/after the length filter, kept), with the
     --max-tokens line (and --min-tokens when set). `histograms` is manifest.json's tokens.histograms."""
     fig = Figure(figsize=(15, 4.2), dpi=DPI, layout="constrained")
@@ -85,10 +93,10 @@ def token_lengths_png(histograms: dict, max_tokens: int, min_tokens: int = 0, sc
         ax.set_xlabel("tokens")
         ax.set_ylabel("rows")
         ax.legend(fontsize="small")
-    return _png(fig)
+    return fig
 
 
-def similarity_png(histogram, threshold: float, record_threshold: float, scale: str = "auto") -> bytes:
+def similarity_figure(histogram, threshold: float, record_threshold: float, scale: str = "auto") -> Figure:
     """Each row's best-neighbour similarity (a SimilarityHistogram), with the threshold line."""
     fig = Figure(figsize=(9, 4.2), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -116,7 +124,7 @@ def similarity_png(histogram, threshold: float, record_threshold: float, scale: 
     ax.set_xlabel("similarity to the most similar other row")
     ax.set_ylabel("rows")
     ax.legend(fontsize="small", loc="upper left")
-    return _png(fig)
+    return fig
 
 
 def _png(fig: Figure) -> bytes:

@@ -2,13 +2,14 @@
 README.md (a Hugging Face dataset card), rendered with Jinja from the manifest and a few looked-up rows.
 
 The HTML environment autoescapes everything: conversation text is user data and may hold markup.
-The card is Markdown with YAML front matter; its YAML scalars go through `tojson` (JSON strings are
-YAML strings), so a name with a colon or quote cannot break the front matter.
+The card is Markdown with YAML front matter; its YAML scalars go through the `quoted` filter (JSON strings
+are YAML strings), so a name with a colon or quote cannot break the front matter.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import jinja2
@@ -27,8 +28,14 @@ BUILTIN_TOKENIZER_HUB = {"mistral-7b-v0.1": "mistralai/Mistral-7B-Instruct-v0.1"
 BUILTIN_EMBEDDER_HUB = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
+def quoted(value) -> str:
+    """A quoted string for the card: a JSON string is a YAML double-quoted string and a Python literal;
+    unlike jinja's `tojson` this does not turn `<` into \\u003c (HF size categories are "n<1K")."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _environment(autoescape: bool) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
@@ -36,6 +43,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["quoted"] = quoted
+    return env
 
 
 def data_uri(png: bytes) -> str:
