@@ -95,14 +95,14 @@ def build_candidates(config, output: Output, rows: tuple[Output, tuple[str, ...]
     """Ray stage: kept rows -> (id, priority columns, dedup text, exact key) under _work/candidates/."""
     output.delete_dir(WORK_DIR, CANDIDATES_DIR)
     columns = [schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.STATUS, schema.MESSAGES, schema.RESPONSE_TOKENS]
-    read_checkpoint(*rows, columns).map_batches(
+    read_checkpoint(*rows, columns, empty=schema.WORK_SCHEMA).map_batches(
         candidates, fn_kwargs={"dedup_on": config.dedup.dedup_on}, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
     ).write_parquet(output.child_uri(WORK_DIR, CANDIDATES_DIR), ray_remote_args={"num_cpus": IO_TASK_CPUS})
 
 
 def load_candidate_keys(output: Output) -> pa.Table:
     """The narrow candidate columns (no text) on the driver: about 100 bytes a row."""
-    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), NARROW_COLUMNS)
+    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), NARROW_COLUMNS, empty=CANDIDATE_SCHEMA)
     tables = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     if not tables:
         return pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS]).empty_table()

@@ -202,7 +202,7 @@ def commit(
     context.execution_options.preserve_order = True
     try:
         with timings.stage("sort"):
-            ordered = read_checkpoint(*rows)
+            ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA)
             if decisions is not None and decisions.num_rows:
                 ordered = ordered.map_batches(
                     apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS

@@ -197,3 +197,19 @@ def test_ivf_index_records_its_recall_and_finds_the_same_duplicates(one_actor_ru
     recall = ivf["dedup"]["ivf_recall"]
     assert recall["sample_rows"] > 0 and recall["recall"] >= 0.99
     assert ivf["rows"]["by_reason"] == manifest["rows"]["by_reason"]
+
+
+def test_input_where_nothing_survives_gives_a_complete_empty_output(ray_local, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "bad.jsonl").write_text('{"bad json\n[1, 2]\n{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    (inputs / "empty.jsonl").write_text("\n\n")  # blank lines are not rows
+    output = tmp_path / "out"
+    manifest = run_job(output, [inputs])  # dedup on: the zero-candidate path
+    assert manifest["rows"]["read"] == 3 and manifest["rows"]["kept"] == 0
+    assert manifest["rows"]["by_reason"] == {
+        schema.INVALID_JSON: 1, schema.NOT_AN_OBJECT: 1, schema.NO_ASSISTANT_TURN: 1
+    }
+    [data] = read_dir(output, "data")
+    assert data.num_rows == 0 and data.schema.remove_metadata() == schema.DATA_SCHEMA
+    assert (output / "_SUCCESS").exists()
