@@ -19,6 +19,7 @@ import logging
 import os
 import posixpath
 import re
+import urllib.parse
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,10 +66,41 @@ class RawRecord:
 # --- discovery (driver side) -----------------------------------------------------------------------
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+# Query keys that would carry a secret in a URI (pyarrow accepts some options as URI query parameters).
+_SECRET_WORDS = ("secret", "password", "token", "credential", "key")
+# Schemes whose URI user name is an access key (pyarrow's S3 takes `s3://KEY:SECRET@bucket/...`).
+_USER_IS_KEY_SCHEMES = ("s3", "gs", "gcs")
+
+
+def filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local path or a URI (`s3://`, `gs://`, `hdfs://`, `file://`).
+
+    Endpoints and credentials come from the standard environment of the process that opens the file
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...;
+    GOOGLE_APPLICATION_CREDENTIALS) or the provider's default chain (instance profile, workload
+    identity). Never from the URI: it is logged and recorded in manifest.json, so a URI carrying a
+    secret is refused before anything is opened.
+    """
     if "://" not in uri:
-        uri = os.path.abspath(uri)
+        return pafs.FileSystem.from_uri(os.path.abspath(uri))
+    _refuse_secrets(uri)
     return pafs.FileSystem.from_uri(uri)
+
+
+def _refuse_secrets(uri: str) -> None:
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    secret_keys = [
+        k for k in urllib.parse.parse_qs(parts.query) if any(word in k.lower() for word in _SECRET_WORDS)
+    ]
+    if parts.password is not None or (parts.username and scheme in _USER_IS_KEY_SCHEMES) or secret_keys:
+        # The message names the place, never the value.
+        shown = f"{parts.scheme}://<credentials>@{parts.hostname or ''}{parts.path}"
+        raise ValueError(
+            f"{shown}: credentials in a URI end up in logs and manifest.json; give them in the environment "
+            "instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL, "
+            "GOOGLE_APPLICATION_CREDENTIALS) or use the nodes' instance role"
+        )
 
 
 def _join_uri(template_uri: str, path: str) -> str:
@@ -147,7 +179,7 @@ def _expand(spec: str) -> list[InputFile]:
         name, _, split = spec[len(HF_PREFIX) :].partition(":")
         split = split or "train"
         return [InputFile(uri=spec, source=f"hf:{name}:{split}", kind="hf")]
-    fs, path = _filesystem(spec)
+    fs, path = filesystem_from_uri(spec)
     path = path.rstrip("/") or "/"
     glob = _GLOB_CHARS.search(path)
     if glob:
@@ -170,10 +202,16 @@ def _expand(spec: str) -> list[InputFile]:
     if not paths:
         raise ValueError(f"input {spec!r} matches no data files ({', '.join(DIRECTORY_EXTENSIONS)})")
     parent = posixpath.dirname(root.rstrip("/"))
-    return [
-        InputFile(uri=_join_uri(spec, p), source=posixpath.relpath(p, parent or "/"), kind=_kind_of(p))
-        for p in sorted(paths)
-    ]
+    return [InputFile(uri=_join_uri(spec, p), source=_source_name(p, parent), kind=_kind_of(p)) for p in sorted(paths)]
+
+
+def _source_name(path: str, parent: str) -> str:
+    """`path` relative to the parent of the input root. Object-store paths are relative (`bucket/key`):
+    a bucket given as the root has no parent, so its rows are named `bucket/...`, as a local `/data`
+    gives `data/...` (posixpath.relpath would resolve a relative path against the driver's cwd)."""
+    if parent in ("", "/"):
+        return path.lstrip("/")
+    return posixpath.relpath(path, parent)
 
 
 # --- parsing (worker side) -------------------------------------------------------------------------
@@ -184,14 +222,20 @@ def iter_records(item: InputFile) -> Iterator[RawRecord]:
     if item.kind == "hf":
         yield from _iter_hf(item)
         return
+    fs, path = filesystem_from_uri(item.uri)
     try:
-        fs, path = _filesystem(item.uri)
         # Parquet needs random access; text is streamed. compression=None: gzip is detected from
         # the bytes (and damage handled) below, not by extension.
         handle = fs.open_input_file(path) if item.kind == "parquet" else fs.open_input_stream(path, compression=None)
     except OSError as exc:
-        yield _unreadable(f"cannot open: {exc}")
-        return
+        # The file was listed at start-up, so failing to open it is an environment fault (this worker
+        # lacks the object store's credentials or endpoint, a permission, the file was removed), not a
+        # data fault: stop the job rather than write a "complete" output with every row rejected.
+        raise OSError(
+            f"cannot open input {item.uri}, listed at start-up: {exc}. Every Ray worker needs the same access "
+            "as the driver (for object stores: the AWS_* / GOOGLE_APPLICATION_CREDENTIALS environment or an "
+            "instance role on every node)"
+        ) from exc
     with handle:
         if item.kind == "parquet":
             yield from _iter_table_batches(lambda: pq.ParquetFile(handle).iter_batches(batch_size=4096))

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from operators.read import filesystem_from_uri
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,18 @@ class OutputExistsError(RuntimeError):
 
 
 class Output:
-    """An output directory or object-store prefix, addressed through a pyarrow filesystem."""
+    """An output directory or object-store prefix, addressed through a pyarrow filesystem.
+
+    On object stores (s3://, gs://) directories are virtual: a prefix "exists" while any object lies
+    under it, `create_dir` writes a marker object, `delete_dir` deletes every object under the prefix.
+    An object becomes visible only when its stream is closed, so a name never holds a partial file; a
+    failed attempt leaves whole files under final names, which step 1 deletes. Credentials come from
+    the environment of each process, never from the URI (operators.read.filesystem_from_uri).
+    """
 
     def __init__(self, uri: str):
         self.uri = uri if "://" in uri else os.path.abspath(uri)
-        self.fs, self.path = pafs.FileSystem.from_uri(self.uri)
+        self.fs, self.path = filesystem_from_uri(self.uri)
         self.path = self.path.rstrip("/")
 
     def child_uri(self, *parts: str) -> str:
@@ -155,7 +163,9 @@ def _read_parquet_files(batch: pa.Table, fs: pafs.FileSystem, columns: list[str]
         yield from (pa.Table.from_batches([b]) for b in pq.ParquetFile(path, filesystem=fs).iter_batches(columns=columns))
 
 
-def read_checkpoint(output: Output, parts: tuple[str, ...], columns: list[str] | None = None):
+def read_checkpoint(
+    output: Output, parts: tuple[str, ...], columns: list[str] | None = None, empty: pa.Schema | None = None
+):
     """A Ray dataset over a checkpoint directory, read by fractional-CPU tasks.
 
     Why not `ray.data.read_parquet`: in Ray 2.60 it adds a ListFiles task that reserves a whole CPU,
@@ -163,7 +173,11 @@ def read_checkpoint(output: Output, parts: tuple[str, ...], columns: list[str] |
     """
     files = list_parquet(output, *parts)
     if not files:
-        raise FileNotFoundError(f"no parquet files under {output.child_uri(*parts)}")
+        if empty is None:
+            raise FileNotFoundError(f"no parquet files under {output.child_uri(*parts)}")
+        # Ray writes no file for an empty dataset: zero rows written is an empty checkpoint, not a fault.
+        schema_ = pa.schema([empty.field(c) for c in columns]) if columns else empty
+        return ray.data.from_arrow(schema_.empty_table())
     return ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files)).map_batches(
         _read_parquet_files,
         fn_args=(output.fs, columns),
