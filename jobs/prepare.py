@@ -129,7 +129,8 @@ def resolve_inputs(config: PrepareConfig, output: Output) -> list[str]:
 def build_rows_plan(config: PrepareConfig, inputs: list) -> ray.data.Dataset:
     """The streaming part of the job: every row read comes out once, with its status."""
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-    tokenize = plan_tokenize(cluster_cpus, config.resources.tokenize_actors)
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
+    tokenize = plan_tokenize(cluster_cpus, config.resources.tokenize_actors, nodes=nodes)
     logger.info("tokenize: %d actors x %.2f CPU", tokenize.actors, tokenize.cpus_per_actor)
     files = ray.data.from_items([input_file_to_dict(f) for f in inputs], override_num_blocks=len(inputs))
     ds = files.map_batches(

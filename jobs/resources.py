@@ -7,6 +7,7 @@ share what is left after a fixed reserve for the I/O tasks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # CPUs kept free for the read, length-filter and write tasks (each asks for IO_TASK_CPUS), so one
@@ -21,14 +22,25 @@ class StagePlan:
     cpus_per_actor: float
 
 
-def plan_tokenize(cluster_cpus: float, requested_actors: int | None) -> StagePlan:
+def _floor_unit(share: float) -> float:
+    # Ray accounts CPUs in units of 1e-4; rounding a share up would overbook by a unit per actor.
+    return math.floor(share * 1e4) / 1e4
+
+
+def plan_tokenize(cluster_cpus: float, requested_actors: int | None, nodes: int = 1) -> StagePlan:
     """One tokenizer actor per whole CPU by default; every actor gets an equal share of what the
-    I/O reserve leaves, at most one CPU (a fast tokenizer call is single-threaded per batch here)."""
+    I/O reserve leaves, at most one CPU (a fast tokenizer call is single-threaded per batch here).
+
+    On several nodes the reserve is cluster-wide but actors pack node by node: fractional actors just
+    under one CPU would leave every node a sliver too small for an I/O task. There, actors take whole
+    CPUs and number one fewer than the CPUs, so a whole CPU stays free on some node."""
     if cluster_cpus <= IO_RESERVE_CPUS:
         raise ValueError(f"the Ray cluster has {cluster_cpus} CPUs; chatsieve needs more than {IO_RESERVE_CPUS}")
+    if nodes > 1 and requested_actors is None and cluster_cpus >= 2:
+        return StagePlan(actors=int(cluster_cpus) - 1, cpus_per_actor=1.0)
     actors = requested_actors or max(1, int(cluster_cpus))
     share = (cluster_cpus - IO_RESERVE_CPUS) / actors
-    return StagePlan(actors=actors, cpus_per_actor=round(min(1.0, share), 4))
+    return StagePlan(actors=actors, cpus_per_actor=_floor_unit(min(1.0, share)))
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,14 @@ def plan_embed(
     cpus, gpus = cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
     if gpus > 0:
         actors = requested_actors or max(1, int(gpus / gpus_per_actor))
+        if actors * gpus_per_actor > gpus + 1e-9:
+            # Actors that do not fit never start: the stage would wait for Ray's no-progress timeout.
+            raise ValueError(
+                f"{actors} embedding actors x {gpus_per_actor} GPUs need more than the cluster's {gpus} GPUs: "
+                "lower --embed-actors or --embed-gpus-per-actor"
+            )
         share = (cpus - IO_RESERVE_CPUS) / actors
-        return EmbedPlan(actors, round(max(0.0, min(1.0, share)), 4), gpus_per_actor, "cuda", None)
+        return EmbedPlan(actors, _floor_unit(max(0.0, min(1.0, share))), gpus_per_actor, "cuda", None)
     actors = requested_actors or 1
     share = (cpus - IO_RESERVE_CPUS) / actors
     if share <= 0:
@@ -59,7 +77,7 @@ def plan_embed(
     # actor fits a 1-CPU node of a multi-node cluster, but threads for a fair share of the cores.
     # `node_cpus` (the largest node's) bounds the threads: an actor's cores are all on one node.
     threads = max(1, min(int(cpus // actors), int(node_cpus or cpus)))
-    return EmbedPlan(actors, round(min(1.0, share), 4), 0.0, "cpu", threads)
+    return EmbedPlan(actors, _floor_unit(min(1.0, share)), 0.0, "cpu", threads)
 
 
 def largest_node_cpus() -> float:
@@ -72,4 +90,4 @@ def plan_index_cpus(cluster_cpus: float, shards: int, requested: float | None) -
     """CPUs each index shard actor reserves: fractional, so 4 shards fit on 2 cores (NOTES.md)."""
     if requested is not None:
         return requested
-    return round(min(1.0, (cluster_cpus - IO_RESERVE_CPUS) / shards), 4)
+    return _floor_unit(min(1.0, (cluster_cpus - IO_RESERVE_CPUS) / shards))
