@@ -20,6 +20,7 @@ from importlib import metadata
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, DataContext
@@ -119,11 +120,20 @@ def resolve_inputs(config: PrepareConfig, output: Output) -> list[str]:
         return list(config.inputs)
     from jobs.sample import SampleConfig, write_sample
 
-    # The sample lives beside the run's checkpoints, so its rows are named sample/shard-....
-    base = output.child_path(WORK_DIR) if "://" not in output.uri else tempfile.mkdtemp(prefix="chatsieve-")
-    sample_dir = os.path.join(base, "sample")
-    write_sample(sample_dir, SampleConfig(rows=config.sample_rows))
-    return [sample_dir]
+    # The sample lives beside the run's checkpoints, so its rows are named sample/shard-... and every
+    # node can read it, on a local disk or an object store (generated locally, then copied there).
+    if "://" not in output.uri:
+        sample_dir = output.child_path(WORK_DIR, "sample")
+        write_sample(sample_dir, SampleConfig(rows=config.sample_rows))
+        return [sample_dir]
+    with tempfile.TemporaryDirectory(prefix="chatsieve-sample-") as local:
+        write_sample(os.path.join(local, "sample"), SampleConfig(rows=config.sample_rows))
+        output.delete_dir(WORK_DIR, "sample")
+        pafs.copy_files(
+            os.path.join(local, "sample"), output.child_path(WORK_DIR, "sample"),
+            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=output.fs,
+        )
+    return [output.child_uri(WORK_DIR, "sample")]
 
 
 def build_rows_plan(config: PrepareConfig, inputs: list) -> ray.data.Dataset:
