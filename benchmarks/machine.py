@@ -1,0 +1,49 @@
+"""What every benchmark records about the machine it ran on: cores, memory, load, peak RSS.
+
+These machines are shared and noisy: the load average at start and end says how much to trust
+wall-clock numbers, and why the benchmarks report ratios against a baseline run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from pathlib import Path
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def meminfo_gib(key: str) -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict:
+    cpu = None
+    try:
+        cpu = next(
+            (l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+             if l.startswith("model name")),
+            None,
+        )
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "mem_total_gib": meminfo_gib("MemTotal"),
+        "mem_available_gib_at_start": meminfo_gib("MemAvailable"),
+        "python": platform.python_version(),
+    }
