@@ -55,16 +55,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg  # noqa: E402
-from machine import machine as base_machine  # noqa: E402
-
 import faiss
 import numpy as np
+from machine import loadavg
+from machine import machine as base_machine
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from operators.index import (  # noqa: E402
+from operators.index import (
     IndexConfig,
     default_nlist,
     pair_similarity,
@@ -320,7 +319,7 @@ def main(argv=None) -> int:
     for key in stage_keys:
         nb = results[key]
         quality[key] = {
-            "pairs": int(len(nb.pairs_a)),
+            "pairs": len(nb.pairs_a),
             "researched_queries": int(nb.researched),
             "rows_with_a_pair": int(np.unique(np.r_[nb.pairs_a, nb.pairs_b]).size),
         }
@@ -368,7 +367,7 @@ def main(argv=None) -> int:
             "vectors_mb": round(vectors.nbytes / 2**20, 1),
             "planted_groups": len(groups),
             "planted_rows": int(sum(len(g) for g in groups)),
-            "planted_pairs": int(len(pa_)),
+            "planted_pairs": len(pa_),
             "planted_pairs_at_or_above_threshold": planted_above,
             "planted_pair_cosine": {
                 "min": round(float(ps_.min()), 4),
@@ -383,7 +382,7 @@ def main(argv=None) -> int:
             "k": k,
             "nlist": nlist,
             "nprobe": defaults.nprobe,
-            "ivf_training_rows": int(len(train_ranks)),
+            "ivf_training_rows": len(train_ranks),
             "rounds": args.rounds,
             "variants": order,
         },

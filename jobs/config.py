@@ -237,6 +237,13 @@ OPTIONS: tuple[Option, ...] = (
            "word pieces embedded per row; longer texts are embedded window by window and averaged (default: 512)",
            type=int),
     Option("embed_batch_size", "embed", "batch_size", "texts per forward pass (default: 128)", type=int),
+    Option("embed_backend", "embed", "backend",
+           "runtime on CPU: torch, onnx (ONNX Runtime) or openvino, exported locally from the same model and "
+           "cached; auto is torch on a GPU and the measured CPU default on CPU (see benchmarks/RESULTS.md)",
+           choices=("auto", "torch", "onnx", "openvino")),
+    Option("embed_quantize", "embed", "quantize",
+           "int8 weights (with --embed-backend onnx): faster, but moves similarities by up to ~0.06; none is "
+           "fp32 (default: none)", choices=("none", "int8"), convert=lambda v: None if v in (None, "none") else v),
     Option("index", "index", "kind", "flat (exact, default) or ivf (approximate, faster at scale)",
            choices=("flat", "ivf")),
     Option("index_shards", "index", "shards", "FAISS index shards, each held by a Ray actor (default: 1)",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
@@ -24,7 +25,15 @@ from ray.data import ActorPoolStrategy
 from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
 from operators import schema
 from operators.embed import Embed
-from operators.exact_dedup import CANDIDATE_SCHEMA, DEDUP_KEY, DEDUP_TEXT, TEXT_SHA1, candidates, exact_groups, priority_order
+from operators.exact_dedup import (
+    CANDIDATE_SCHEMA,
+    DEDUP_KEY,
+    DEDUP_TEXT,
+    TEXT_SHA1,
+    candidates,
+    exact_groups,
+    priority_order,
+)
 from operators.index import Neighbors, pair_similarity, search_with_ray
 from operators.resolve import resolve_greedy, resolve_none
 from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
@@ -33,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CANDIDATES_DIR = "candidates"
 VECTORS_DIR = "vectors"
+EXPORTS_DIR = "embedder"  # exported ONNX models (operators/embed_backends.py)
 COMPLETE = "_COMPLETE"
 VECTORS_FORMAT = 1  # bump when the vectors checkpoint layout or embedding semantics change
 # Rows handed to one Embed call: large, because `encode` sorts by length within a call (NOTES.md).
@@ -113,7 +123,10 @@ def vectors_key(config, plan: CandidatePlan) -> str:
     """Content key of the vectors: what is embedded (ids and exact texts), by which embedder, how."""
     digest = hashlib.sha1()
     embed = dataclasses.asdict(config.embed)
-    digest.update(json.dumps({"model": embed["model"], "max_tokens": embed["max_tokens"], "v": VECTORS_FORMAT}).encode())
+    runtime = {"backend": config.embed.cpu_backend, "quantize": config.embed.quantize}
+    digest.update(
+        json.dumps({"model": embed["model"], "max_tokens": embed["max_tokens"], "v": VECTORS_FORMAT, **runtime}).encode()
+    )
     is_rep = pa.array(plan.is_rep)
     for column in (plan.rep_ids, plan.text_sha1.filter(is_rep)):
         digest.update("\n".join(column.to_pylist()).encode())
@@ -124,21 +137,27 @@ def _only_ids(batch: pa.Table, wanted: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch.column(schema.ID), value_set=wanted))
 
 
-def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[str, ...], bool]:
-    """Embed the representatives, or reuse the checkpoint of an earlier run with the same key."""
+def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[str, ...], bool, str | None]:
+    """Embed the representatives, or reuse the checkpoint of an earlier run with the same key.
+
+    Returns the checkpoint's path parts, whether it was reused, and the runtime that embedded it (e.g.
+    "openvino-fp32", "torch-fp16"; written in the checkpoint's completion marker)."""
     key = vectors_key(config, plan)
     parts = (WORK_DIR, VECTORS_DIR, key)
     uri = output.child_uri(*parts)
     if output.exists(*parts, COMPLETE):
         logger.info("reusing vectors checkpoint %s", uri)
-        return parts, True
+        with output.fs.open_input_stream(output.child_path(*parts, COMPLETE)) as marker:
+            return parts, True, marker.read().decode() or None
     output.delete_dir(*parts)
     embed_plan = plan_embed(
         ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
         node_cpus=largest_node_cpus(),
     )
     logger.info("embed: %s", embed_plan)
-    embed_config = dataclasses.replace(config.embed, device=embed_plan.device, threads=embed_plan.threads)
+    embed_config = dataclasses.replace(
+        config.embed, device=embed_plan.device, threads=embed_plan.threads, export_dir=export_dir(config, output)
+    )
     ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), [schema.ID, DEDUP_TEXT])
     ds = ds.map_batches(_only_ids, fn_args=(plan.rep_ids,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     ds = ds.map_batches(
@@ -151,8 +170,17 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[s
         num_gpus=embed_plan.gpus_per_actor or None,
     )
     ds.write_parquet(uri, ray_remote_args={"num_cpus": IO_TASK_CPUS})
-    output.write_text("/".join((*parts, COMPLETE)), "")
-    return parts, False
+    runtime = embed_config.runtime(embed_plan.device)
+    output.write_text("/".join((*parts, COMPLETE)), runtime)
+    return parts, False, runtime
+
+
+def export_dir(config, output: Output) -> str | None:
+    """Where CPU actors cache the exported embedder: the job's _work/ when the output is on this
+    filesystem (a rerun reuses it, --overwrite clears it), else the per-user cache on each node."""
+    if config.embed.cpu_backend == "torch" or not isinstance(output.fs, pafs.LocalFileSystem):
+        return config.embed.export_dir
+    return config.embed.export_dir or output.child_path(WORK_DIR, EXPORTS_DIR)
 
 
 class VectorBatches:
@@ -290,7 +318,7 @@ def decide(plan: CandidatePlan, neighbors: Neighbors, dedup) -> tuple[pa.Table, 
         "exact_duplicate_groups": int(np.sum(group_sizes > 1)),
         "exact_duplicates_removed": int(np.sum(decisions.column(schema.REASON).to_numpy(zero_copy_only=False) == schema.EXACT_DUPLICATE)),
         "near_duplicates_removed": int(np.sum(decisions.column(schema.REASON).to_numpy(zero_copy_only=False) == schema.NEAR_DUPLICATE)),
-        "pairs_recorded": int(len(neighbors.pairs_a)),
+        "pairs_recorded": len(neighbors.pairs_a),
         "pairs_at_or_above_threshold": int(np.sum(neighbors.pairs_sim >= np.float32(threshold))),
         "pairs_within_1e-6_of_threshold": near_threshold,
         "rows_researched": int(neighbors.researched),
@@ -370,8 +398,8 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
     m = len(plan.rep_ids)
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
     with timings.stage("embed"):
-        parts, reused = ensure_vectors(config, output, plan) if m else ((), False)
-    manifest: dict = {"vectors": {"checkpoint": "/".join(parts) or None, "reused": reused}}
+        parts, reused, runtime = ensure_vectors(config, output, plan) if m else ((), False, None)
+    manifest: dict = {"vectors": {"checkpoint": "/".join(parts) or None, "reused": reused, "runtime": runtime}}
     if m:
         batches = VectorBatches(output, parts, plan.rep_ids)
         dim = next(iter(batches()))[1].shape[1]

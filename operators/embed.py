@@ -49,6 +49,13 @@ import pyarrow as pa
 
 from operators import schema
 from operators.actor_cpus import ray_actor_cpus
+from operators.embed_backends import (
+    BACKENDS,
+    ExportedEncoder,
+    check_backend,
+    exported_model,
+    require_runtime,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ WINDOWS = "windows"
 CUT = "cut"
 
 DEVICES = ("auto", "cpu", "cuda")
+# "auto": torch on a GPU (fp16), CPU_BACKEND on CPU. See benchmarks/RESULTS.md for why CPU_BACKEND is what it is.
+BACKEND_CHOICES = ("auto", *BACKENDS)
+CPU_BACKEND = "openvino"
 # `windows` is int16 and a window holds at least one word piece, so this bound keeps it from overflowing
 # for any embedder; it is 64x the default and far beyond what a dedup text needs.
 MAX_TOKENS_LIMIT = 32767
@@ -89,6 +99,10 @@ class EmbedConfig:
     `threads`: torch threads on CPU. None: the Ray actor's CPUs (rounded up) inside an actor, else every
     core. The job should pass cores // actors when it gives actors fractional CPUs (NOTES.md: Ray sets
     OMP_NUM_THREADS=1 in fractional-CPU actors, which halves embedding speed on 2 cores).
+    `backend`: the runtime on CPU (operators/embed_backends.py): "torch", "onnx" (ONNX Runtime) or
+    "openvino", exported from the same model; "auto" is torch on a GPU and CPU_BACKEND on CPU.
+    `quantize`: None (fp32) or "int8" (onnx only; lossy, see embed_backends).
+    `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders; the job uses its _work/).
     """
 
     model: str = BUILTIN_EMBEDDER
@@ -96,6 +110,9 @@ class EmbedConfig:
     batch_size: int = 128
     device: str = "auto"
     threads: int | None = None
+    backend: str = "auto"
+    quantize: str | None = None
+    export_dir: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -123,6 +140,22 @@ class EmbedConfig:
             raise ValueError(
                 f"embed threads must be a positive integer or None (the actor's CPU share), got {self.threads!r}"
             )
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(f"embed backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        check_backend(self.cpu_backend, self.quantize)
+        if self.device == "cuda" and self.backend not in ("auto", "torch"):
+            raise ValueError(f"embed backend {self.backend!r} runs on CPU; on a GPU the model runs in torch fp16")
+
+    @property
+    def cpu_backend(self) -> str:
+        """The runtime a CPU actor uses."""
+        return CPU_BACKEND if self.backend == "auto" else self.backend
+
+    def runtime(self, device: str) -> str:
+        """What actually runs on `device`, for logs, the manifest and the vectors' cache key."""
+        if device == "cuda":
+            return "torch-fp16"
+        return self.cpu_backend + ("-int8" if self.quantize else "-fp32")
 
 
 def _is_int(value) -> bool:
@@ -380,6 +413,12 @@ class Embed:
         self.model = load_model(config, self.device)
         if self.device == "cuda":
             self.model.half()  # fp16: ~2x throughput on tensor cores; vectors re-normalized in float32
+        elif config.cpu_backend != "torch":
+            require_runtime(config.cpu_backend)
+            path = exported_model(
+                self.model, resolve_model_path(config.model), config.cpu_backend, config.quantize, config.export_dir
+            )
+            self.model = ExportedEncoder(self.model, path, config.cpu_backend, self.threads)
         self.tokenizer = self.model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError(
@@ -393,7 +432,7 @@ class Embed:
             "embedder %r on %s (%s, %s threads): %d-d, window %d word pieces, max_tokens %d",
             config.model,
             self.device,
-            "fp16" if self.device == "cuda" else "fp32",
+            config.runtime(self.device),
             self.threads,
             self.dimension,
             self.window,

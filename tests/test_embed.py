@@ -35,7 +35,7 @@ SHORT_TEXTS = [
 
 @pytest.fixture(scope="module")
 def embed():
-    return Embed(EmbedConfig(device="cpu"))
+    return Embed(EmbedConfig(device="cpu", backend="torch"))  # the reference runtime; others: test_embed_backends
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,8 @@ def test_rethreshold_equals_a_fresh_run_on_the_same_vectors(one_actor_run, sampl
     assert 0 < moved["rows"]["by_reason"][near] < manifest["rows"]["by_reason"][near]
     fresh = run_job(copy, [sample[0]], tokenize_actors=1, rows_per_shard=200, threshold=0.996, overwrite=True)
     assert fresh["dedup"]["vectors"]["reused"]  # the same vectors, not embedded again
+    # The CPU default runtime embedded them, and a reuse still says which one did.
+    assert fresh["dedup"]["vectors"]["runtime"] == manifest["dedup"]["vectors"]["runtime"] == "openvino-fp32"
     assert moved["rows"] == fresh["rows"]
     for subdir in ("data", "removed", "rejected"):
         ours, theirs = read_dir(tmp_path / "re", subdir), read_dir(copy, subdir)

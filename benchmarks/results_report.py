@@ -1,0 +1,223 @@
+"""RESULTS.md and results/summary.png, regenerated from the JSON the benchmarks write (never edited by hand).
+
+    python benchmarks/results_report.py [RESULTS_DIR] [OUT.md]     # default: benchmarks/results, benchmarks/RESULTS.md
+
+A table per benchmark, each with its machine, command, date and load. A benchmark with no JSON is listed as
+not run. Ratios are always "baseline time / chatsieve time": above 1 chatsieve is faster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("—" if v is None else str(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _x(value) -> str | None:
+    return None if value is None else f"{value:.2f}x"
+
+
+def _provenance(record: dict, part: dict | None = None) -> list[str]:
+    part = part or record
+    machine = part.get("machine") or record.get("machine") or {}
+    load = [machine.get("load_at_start") or part.get("load_start"), machine.get("load_at_end") or part.get("load_end")]
+    return [
+        f"- command: `{part.get('command') or record.get('command')}`",
+        (f"- date: {part.get('date') or record.get('date')}; machine: {machine.get('nproc')} cores "
+        f"({machine.get('cpu')}), {machine.get('mem_total_gib')} GiB; load average (1, 5, 15 min) at start "
+        f"{load[0]}, at end {load[1]}"),
+        "",
+    ]
+
+
+def end_to_end(record: dict) -> list[str]:
+    lines = ["## End to end: the naive tutorial pipeline vs chatsieve", ""] + _provenance(record)
+    lines.append(f"Fast runtime: `{record['fast_backend']}`. Wall time of the whole process, Ray start included.")
+    lines.append("")
+    for name, data in record["sets"].items():
+        rows = []
+        for variant, v in data["variants"].items():
+            kept = v["rows"]["kept"] if variant == "naive" else v["rows"].get("kept")
+            rows.append([variant, v["wall_s"], _x(v["speedup_vs_naive"]), v["tree_peak_rss_mb"], kept])
+        lines.append(f"**{name}** ({data['input']['rows']:,} rows)")
+        lines.append("")
+        lines += _table(["variant", "wall s", "speed vs naive", "peak RSS MB (process tree)", "rows kept"], rows)
+        a = data["agreement"]
+        lines.append(
+            f"Kept by naive {a['kept_by_naive']:,}, by same_work_torch {a['kept_by_same_work_torch']:,}, by both "
+            f"{a['kept_by_both']:,}; duplicate removals that differ between torch and the fast runtime: "
+            f"{a['removed_dedup_differing_torch_vs_fast']}."
+        )
+        lines.append("")
+    return lines
+
+
+def embed_backends(record: dict) -> list[str]:
+    lines = ["## CPU embedding runtimes vs fp32 torch (the embedding stage, in process)", ""] + _provenance(record)
+    for name, data in record["sets"].items():
+        rows = []
+        for variant, v in data["variants"].items():
+            f = v["fidelity_vs_torch"]
+            rows.append([variant, v["rows_per_s"], _x(v["speedup_vs_torch_wall"]), _x(v["speedup_vs_torch_cpu"]),
+                         f"{f['max_1_minus_cos']:.1e}", f"{f['max_abs_delta_cos']:.1e}",
+                         f"{f['changed_decisions']['none']} / {f['changed_decisions']['first']}"])
+        lines.append(f"**{name}** ({data['rows']:,} distinct answers)")
+        lines.append("")
+        lines += _table(["runtime", "rows/s", "speed vs torch (wall)", "(CPU time)", "max 1 - cos",
+                         "max abs Δcos (pairs >= 0.85)", "decisions changed at 0.95 (keep none / first)"], rows)
+    lines += [f"Fastest runtime that changed no decision: **{record['fastest_without_decision_changes']}**.", ""]
+    return lines
+
+
+def _ratio_rows(sets: dict, key: str, extra=None) -> list[list]:
+    rows = []
+    for name, data in sets.items():
+        ratio = data[key]
+        rows.append([name, data.get("rows") or data.get("rows_in"), _x(ratio["median"]),
+                     _x(ratio.get("process_cpu_time_of_totals") or ratio.get("process_cpu_time_median")),
+                     *(extra(data) if extra else [])])
+    return rows
+
+
+def tokenize_stage(record: dict) -> list[str]:
+    lines = ["## Stage efficiency: tokenization vs one batched `tokenizer(texts)` call (target >= 0.8x)", ""]
+    lines += _provenance(record)
+    rows = _ratio_rows(record["sets"], "ratio_stage_vs_raw",
+                       lambda d: [_x(d["ratio_stage_vs_raw_with_render"]["median"]), d["checks"]["num_tokens_mismatches"]])
+    return lines + _table(["rows", "n", "stage vs raw (wall, median)", "(CPU time)",
+                           "stage vs render + tokenize", "token count mismatches"], rows)
+
+
+def embed_stage(record: dict) -> list[str]:
+    lines = ["## Stage efficiency: embedding (torch) vs `SentenceTransformer.encode` (target >= 0.9x)", ""]
+    lines += _provenance(record)
+    rows = []
+    for name, data in record["sets"].items():
+        for variant, ratio in data["ratio_vs_raw"].items():
+            rows.append([name, variant, data["rows"], _x(ratio["median"]), _x(ratio.get("process_cpu_time_of_totals"))])
+    return lines + _table(["texts", "variant", "rows", "stage vs encode (wall, median)", "(CPU time)"], rows)
+
+
+def index_search(record: dict) -> list[str]:
+    data = record["data"]
+    lines = [f"## Stage efficiency: index search vs raw FAISS ({data['n']:,} x {data['dim']} vectors)", ""]
+    lines += _provenance(record)
+    rows = []
+    for variant, ratio in record["ratio_vs_raw"].items():
+        quality = record["quality"].get(variant, {})
+        rows.append([variant, record["process_cpu_times"][variant].get("median_s"),
+                     _x(ratio.get("median")), _x(ratio.get("process_cpu_time_of_totals")),
+                     quality.get("pairs"), quality.get("recall_vs_flat_1", quality.get("recall_vs_flat"))])
+    return lines + _table(["variant", "CPU s (median)", "vs raw (wall, median)", "(CPU time)", "pairs", "recall"], rows)
+
+
+def scaling(record: dict) -> list[str]:
+    lines = ["## Scaling", ""]
+    index = record.get("index")
+    if index:
+        lines += ["### Index build + cross-shard search (generated 384-d vectors, planted groups)", ""]
+        lines += _provenance(record, index)
+        rows = []
+        for n, size in index["sizes"].items():
+            quality = size.get("quality", {})
+            for variant, v in size["variants"].items():
+                if not isinstance(v, dict) or "wall_s" not in v:
+                    continue
+                recall = quality.get(f"{variant}_recall_on_sample")
+                rows.append([f"{int(n):,}", variant, v.get("wall_s"), v.get("cpu_s"), v.get("pairs"),
+                             v.get("extrapolated_wall_s"), recall, v.get("peak_mb")])
+        lines += _table(["N", "variant", "wall s", "CPU s", "pairs", "extrapolated wall s", "recall (sample)",
+                         "peak MB"], rows)
+    job = record.get("job")
+    if job:
+        lines += ["### Full jobs on generated conversations", ""] + _provenance(record, job)
+        rows = []
+        for name, run in job["runs"].items():
+            timings = (run.get("manifest") or {}).get("timings_s") or {}
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k != "total" and v >= 1)
+            memory = run.get("memory") or {}
+            rows.append([name, run.get("wall_s"), memory.get("driver_peak_rss_mb"), memory.get("tree_peak_rss_mb"),
+                         memory.get("tree_peak_pss_mb"), stages])
+        lines += _table(["run", "wall s", "driver peak RSS MB", "tree peak RSS MB", "tree peak PSS MB",
+                         "stages (s)"], rows)
+        volume = job.get("driver_memory_vs_volume")
+        if volume:
+            lines += [(f"Driver memory vs text volume: input x{volume['input_ratio_largest_vs_smallest']}, driver peak "
+                      f"x{volume['driver_peak_ratio_largest_vs_smallest']} (rows {volume['rows']})."), ""]
+    return lines
+
+
+SECTIONS = (
+    ("end_to_end", end_to_end),
+    ("embed_backends", embed_backends),
+    ("tokenize_stage", tokenize_stage),
+    ("embed_stage", embed_stage),
+    ("index_search_20k", index_search),
+    ("index_search_100k", index_search),
+    ("scaling", scaling),
+)
+
+
+def plot(results: Path, out: Path) -> bool:
+    """Bar charts: end-to-end wall time per variant and set, and embedding rows/s per runtime."""
+    e2e, backends = _load(results, "end_to_end"), _load(results, "embed_backends")
+    if not e2e and not backends:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in (e2e, backends) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, record in zip(axes[0], panels):
+        sets = record["sets"]
+        variants = list(next(iter(sets.values()))["variants"])
+        width = 0.8 / len(sets)
+        for i, (name, data) in enumerate(sets.items()):
+            if record is e2e:
+                values = [data["variants"][v]["wall_s"] for v in variants]
+            else:
+                values = [data["variants"][v]["rows_per_s"] for v in variants]
+            ax.bar([j + i * width for j in range(len(variants))], values, width, label=name)
+        ax.set_xticks([j + width * (len(sets) - 1) / 2 for j in range(len(variants))], variants, rotation=15)
+        ax.set_title("end to end, wall s (lower is better)" if record is e2e else "embedding rows/s (higher is better)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: Path, out: Path) -> None:
+    lines = ["# Benchmark results", "",
+             ("Generated by `python benchmarks/results_report.py` from `benchmarks/results/*.json` "
+             "(`python benchmarks/run_all.py` runs everything and then this). Do not edit by hand."), ""]
+    if plot(results, results / "summary.png"):
+        lines += [f"![summary]({(results / 'summary.png').relative_to(out.parent)})", ""]
+    for name, render in SECTIONS:
+        record = _load(results, name)
+        if record is None:
+            lines += [f"## {name}: not run (no results/{name}.json)", ""]
+            continue
+        lines += render(record)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    results_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results"
+    write_report(results_dir, Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "RESULTS.md")
