@@ -19,7 +19,7 @@ interleaved round by round, forward in even rounds and backward in odd ones (A B
                  truncating `encode`, so embed_254 vs raw is the stage's pure overhead, and embed vs embed_254
                  is the price of windowing long texts (texts over 254 pieces get 2-3 windows, up to 512 pieces).
   raw            `SentenceTransformer(resolve_model_path("all-minilm-l6-v2"), device="cpu").encode(texts,
-                 batch_size=128, normalize_embeddings=True)` on the whole set at once, torch.set_num_threads(2)
+                 batch_size=32, normalize_embeddings=True)` on the whole set at once, torch.set_num_threads(2)
                  (the model silently truncates at 256 tokens).
 Speeds are rows/s; ratios are raw time / variant time (>1: the stage is faster): per round and their median,
 of the total times over all rounds (a load that drifts linearly cancels out of it with the A B C / C B A
@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, machine, peak_rss_mb
+from machine import loadavg, machine, peak_rss_mb, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALPACA = Path("/work/shared/data/llamafactory/alpaca_en_demo.json")
 THREADS = 2
 RAY_BATCH = 1024
-ENCODE_BATCH = 128
+ENCODE_BATCH = 32  # the stage's CPU default (operators/embed.py CPU_BATCH) and encode's own default
 
 
 # --- machine -------------------------------------------------------------------------------------
@@ -328,11 +328,7 @@ def main(argv=None) -> int:
         "wall_s": round(time.perf_counter() - wall, 1),
         "sets": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report['wall_s']} s, load {report['machine']['load_at_start']} -> "
-          f"{report['machine']['load_at_end']})", flush=True)
+    write_report(report, args.out)
     return 0
 
 

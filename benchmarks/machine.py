@@ -6,6 +6,7 @@ wall-clock numbers, and why the benchmarks report ratios against a baseline run 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -47,3 +48,12 @@ def machine() -> dict:
         "mem_available_gib_at_start": meminfo_gib("MemAvailable"),
         "python": platform.python_version(),
     }
+
+
+def write_report(report: dict, out: str | Path) -> None:
+    """Write a benchmark's JSON (pretty, newline-terminated) and say where, how long, under what load."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} ({report['wall_s']} s, load {report['machine']['load_at_start']} -> "
+          f"{report['machine']['load_at_end']})", flush=True)

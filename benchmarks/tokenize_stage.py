@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import shlex
 import statistics
@@ -74,7 +73,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, machine, peak_rss_mb
+from machine import loadavg, machine, peak_rss_mb, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data")
@@ -400,11 +399,7 @@ def run(args) -> int:
         "wall_s": round(time.perf_counter() - wall, 1),
         "sets": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report['wall_s']} s, load {report['machine']['load_at_start']} -> "
-          f"{report['machine']['load_at_end']})", flush=True)
+    write_report(report, args.out)
     return 0
 
 
