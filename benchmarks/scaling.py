@@ -730,6 +730,12 @@ def run_job_part(args) -> dict:
         print(f"job {name}: rc {record['returncode']}, {record['wall_s']} s, driver peak "
               f"{memory['driver_peak_rss_mb']} MB, tree peak RSS {memory['tree_peak_rss_mb']} MB / PSS "
               f"{memory['tree_peak_pss_mb']} MB, timings {record.get('manifest', {}).get('timings_s')}", flush=True)
+        # Each finished run is saved at once: the later ones take long, and a stopped run keeps the earlier.
+        write_part(args.out, "job", job_report(runs, args, started_at, load_start, wall))
+    return job_report(runs, args, started_at, load_start, wall)
+
+
+def job_report(runs: dict, args, started_at: str, load_start, wall: float) -> dict:
     return {
         "command": command_line(),
         "date": started_at,
