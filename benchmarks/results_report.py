@@ -138,7 +138,7 @@ def scaling(record: dict) -> list[str]:
                     continue
                 recall = quality.get(f"{variant}_recall_on_sample")
                 rows.append([f"{int(n):,}", variant, v.get("wall_s"), v.get("cpu_s"), v.get("pairs"),
-                             v.get("extrapolated_wall_s"), recall, v.get("peak_mb")])
+                             v.get("extrapolated_s"), recall, v.get("peak_mb")])
         lines += _table(["N", "variant", "wall s", "CPU s", "pairs", "extrapolated wall s", "recall (sample)",
                          "peak MB"], rows)
     job = record.get("job")

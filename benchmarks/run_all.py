@@ -36,7 +36,8 @@ SCRIPTS = {"index_search_20k": "index_search.py"}
 
 def run(name: str, arguments: list[str], out: Path) -> bool:
     script = HERE / SCRIPTS.get(name, f"{name}.py")
-    command = [sys.executable, str(script), *arguments, "--out", str(out)]
+    # Paths relative to the repository (the benchmarks record their command line in their JSON).
+    command = [sys.executable, str(script.relative_to(REPO)), *arguments, "--out", str(out.relative_to(REPO))]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     returncode = subprocess.call(command, cwd=REPO)
