@@ -41,7 +41,6 @@ import datetime as dt
 import gzip
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, machine, peak_rss_mb, write_report
+from machine import loadavg, report_header, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -306,15 +305,7 @@ def main(argv=None) -> int:
         for name, texts in sets.items()
     }
     report = {
-        "benchmark": "embed_stage",
-        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "date": started_at,
-        "machine": {
-            **machine(),
-            "load_at_start": load_start,
-            "load_at_end": loadavg(),
-            "peak_rss_mb": peak_rss_mb(),
-        },
+        **report_header("embed_stage", started_at, load_start, REPO),
         "versions": versions(),
         "settings": {
             "torch_threads": THREADS,

@@ -10,6 +10,8 @@ import json
 import os
 import platform
 import resource
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -57,3 +59,14 @@ def write_report(report: dict, out: str | Path) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} ({report['wall_s']} s, load {report['machine']['load_at_start']} -> "
           f"{report['machine']['load_at_end']})", flush=True)
+
+
+def report_header(benchmark: str, started_at: str, load_start: list[float], repo: Path) -> dict:
+    """The fields every benchmark's JSON starts with: name, command line (relative to the repo), date, machine."""
+    script = os.path.relpath(sys.argv[0], repo)
+    return {
+        "benchmark": benchmark,
+        "command": "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]]),
+        "date": started_at,
+        "machine": {**machine(), "load_at_start": load_start, "load_at_end": loadavg(), "peak_rss_mb": peak_rss_mb()},
+    }

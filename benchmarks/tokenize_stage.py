@@ -65,7 +65,6 @@ import argparse
 import datetime as dt
 import gc
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -73,7 +72,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, machine, peak_rss_mb, write_report
+from machine import loadavg, report_header, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data")
@@ -375,15 +374,7 @@ def run(args) -> int:
     results = {name: measure(name, table, stage, raw_tokenizer, batch_rows, args.rounds, args.repeats)
                for name, table in sets.items()}
     report = {
-        "benchmark": "tokenize_stage",
-        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "date": started_at,
-        "machine": {
-            **machine(),
-            "load_at_start": load_start,
-            "load_at_end": loadavg(),
-            "peak_rss_mb": peak_rss_mb(),
-        },
+        **report_header("tokenize_stage", started_at, load_start, REPO),
         "versions": versions(),
         "settings": {
             "rayon_num_threads": args.threads,
