@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow.parquet as pq
 from inputs import generated_sharegpt, real_sharegpt
 from machine import loadavg, machine
-from scaling import memory_record, run_sampled
+from process_tree import memory_record, run_sampled
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -119,13 +119,14 @@ def load_candidate_keys(output: Output) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def vectors_key(config, plan: CandidatePlan) -> str:
-    """Content key of the vectors: what is embedded (ids and exact texts), by which embedder, how."""
+def vectors_key(config, plan: CandidatePlan, runtime: str) -> str:
+    """Content key of the vectors: what is embedded (ids and exact texts), by which embedder, how, and on
+    which runtime (`EmbedConfig.runtime(device)`: a GPU run is torch-fp16 whatever --embed-backend says, so
+    rerunning it with another CPU backend reuses its vectors)."""
     digest = hashlib.sha1()
-    embed = dataclasses.asdict(config.embed)
-    runtime = {"backend": config.embed.cpu_backend, "quantize": config.embed.quantize}
+    embed = config.embed
     digest.update(
-        json.dumps({"model": embed["model"], "max_tokens": embed["max_tokens"], "v": VECTORS_FORMAT, **runtime}).encode()
+        json.dumps({"model": embed.model, "max_tokens": embed.max_tokens, "v": VECTORS_FORMAT, "runtime": runtime}).encode()
     )
     is_rep = pa.array(plan.is_rep)
     for column in (plan.rep_ids, plan.text_sha1.filter(is_rep)):
@@ -142,22 +143,23 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[s
 
     Returns the checkpoint's path parts, whether it was reused, and the runtime that embedded it (e.g.
     "openvino-fp32", "torch-fp16"; written in the checkpoint's completion marker)."""
-    key = vectors_key(config, plan)
-    parts = (WORK_DIR, VECTORS_DIR, key)
-    uri = output.child_uri(*parts)
-    if output.exists(*parts, COMPLETE):
-        logger.info("reusing vectors checkpoint %s", uri)
-        with output.fs.open_input_stream(output.child_path(*parts, COMPLETE)) as marker:
-            return parts, True, marker.read().decode() or None
-    output.delete_dir(*parts)
+    # Planned first: the device decides the runtime, and the runtime is part of the key.
     embed_plan = plan_embed(
         ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
         node_cpus=largest_node_cpus(),
     )
-    logger.info("embed: %s", embed_plan)
     embed_config = dataclasses.replace(
         config.embed, device=embed_plan.device, threads=embed_plan.threads, export_dir=export_dir(config, output)
     )
+    runtime = embed_config.runtime(embed_plan.device)
+    parts = (WORK_DIR, VECTORS_DIR, vectors_key(config, plan, runtime))
+    uri = output.child_uri(*parts)
+    if output.exists(*parts, COMPLETE):
+        logger.info("reusing vectors checkpoint %s", uri)
+        with output.fs.open_input_stream(output.child_path(*parts, COMPLETE)) as marker:
+            return parts, True, marker.read().decode() or runtime
+    output.delete_dir(*parts)
+    logger.info("embed: %s, %s", embed_plan, runtime)
     ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), [schema.ID, DEDUP_TEXT])
     ds = ds.map_batches(_only_ids, fn_args=(plan.rep_ids,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     ds = ds.map_batches(
@@ -170,7 +172,6 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[s
         num_gpus=embed_plan.gpus_per_actor or None,
     )
     ds.write_parquet(uri, ray_remote_args={"num_cpus": IO_TASK_CPUS})
-    runtime = embed_config.runtime(embed_plan.device)
     output.write_text("/".join((*parts, COMPLETE)), runtime)
     return parts, False, runtime
 

@@ -108,7 +108,7 @@ def test_flags_reach_the_config():
     assert PrepareConfig.from_dict(config.to_dict()).embed == config.embed
 
 
-def test_vectors_cache_key_names_the_runtime():
+def test_vectors_cache_key_names_the_runtime_that_runs():
     import dataclasses
 
     from jobs.dedup import CandidatePlan, vectors_key
@@ -118,8 +118,15 @@ def test_vectors_cache_key_names_the_runtime():
         text_sha1=pa.array(["0" * 40]),
     )
     base = PrepareConfig()
-    keys = {
-        vectors_key(dataclasses.replace(base, embed=EmbedConfig(backend=backend, quantize=quantize)), plan)
-        for backend, quantize in (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None))
-    }
-    assert len(keys) == 4
+
+    def key(device: str, backend: str, quantize: str | None = None) -> str:
+        config = dataclasses.replace(base, embed=EmbedConfig(backend=backend, quantize=quantize))
+        return vectors_key(config, plan, config.embed.runtime(device))
+
+    cpu = {key("cpu", backend, quantize) for backend, quantize in
+           (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None))}
+    assert len(cpu) == 4
+    # On a GPU every CPU backend choice runs torch fp16: one key, and not a CPU run's key.
+    gpu = {key("cuda", backend, quantize) for backend, quantize in
+           (("auto", None), ("torch", None), ("onnx", None), ("openvino", None))}
+    assert len(gpu) == 1 and not gpu & cpu
