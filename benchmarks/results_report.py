@@ -160,11 +160,43 @@ def scaling(record: dict) -> list[str]:
     return lines
 
 
+def int8_prefilter(record: dict) -> list[str]:
+    lines = ["## An int8 prefilter with fp32 re-embedding: projected, not built", ""] + _provenance(record)
+    rows = []
+    for name, data in record["sets"].items():
+        safe = data["smallest_safe_margin"]
+        share = data["margins"][str(safe)] if safe is not None else {}
+        projected = data["projected_cascade_speedup_vs_fp32"] or {}
+        rows.append([name, data["rows"], _x(data["int8_speedup"]), data["max_abs_delta_cos"], safe,
+                     share.get("decision", {}).get("share"), share.get("record", {}).get("share"),
+                     _x(projected.get("decision")), _x(projected.get("record"))])
+    return lines + _table(["texts", "rows", "int8 vs fp32 (openvino)", "max abs Δcos", "smallest safe margin",
+                           "re-embedded at 0.95", "re-embedded at 0.90", "projected cascade vs fp32 (0.95)",
+                           "(0.90, what --record-threshold needs)"], rows)
+
+
+def ray_overhead(record: dict) -> list[str]:
+    lines = ["## Ray's own CPU while a pipeline runs (the tax on every stage)", ""] + _provenance(record)
+    lines.append(
+        "A fresh local Ray, as `chatsieve prepare` starts it, and a pipeline shaped like the embed stage whose actor "
+        "only sleeps: every CPU second of the process tree is Ray's."
+    )
+    lines.append("")
+    rows = []
+    for name, w in record["windows"].items():
+        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in w["cpu_s_by_role"].items() if cpu >= 0.05)
+        rows.append([name, w["wall_s"], w["tree_cpu_s"], f"{w['cores_used']:.2f}", f"{100 * w['share_of_machine']:.1f}%",
+                     roles])
+    return lines + _table(["window", "wall s", "tree CPU s", "cores used", "share of the machine", "CPU s by role"], rows)
+
+
 SECTIONS = (
     ("end_to_end", end_to_end),
     ("embed_backends", embed_backends),
+    ("int8_prefilter", int8_prefilter),
     ("tokenize_stage", tokenize_stage),
     ("embed_stage", embed_stage),
+    ("ray_overhead", ray_overhead),
     ("index_search_20k", index_search),
     ("index_search_100k", index_search),
     ("scaling", scaling),

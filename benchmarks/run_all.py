@@ -29,6 +29,8 @@ BENCHMARKS = (
     ("index_search_20k", ["--n", "20000", "--rounds", "2"], ["--n", "10000", "--rounds", "2"]),
     ("embed_backends", ["--real-rows", "1000", "--generated-rows", "5000", "--rounds", "1"],
      ["--real-rows", "200", "--generated-rows", "1000", "--rounds", "1"]),
+    ("int8_prefilter", [], ["--real-rows", "300", "--generated-rows", "1000"]),
+    ("ray_overhead", [], ["--pipeline-s", "20", "--idle-s", "10"]),
     ("end_to_end", [], ["--real-rows", "300", "--generated-rows", "2000"]),
 )
 SCRIPTS = {"index_search_20k": "index_search.py"}
