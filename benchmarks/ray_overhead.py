@@ -1,6 +1,6 @@
 """What Ray itself costs in CPU while a Ray Data pipeline runs: the tax every chatsieve stage pays on this machine.
 
-    python benchmarks/ray_overhead.py [--pipeline-s 60] [--idle-s 30] [--out results/ray_overhead.json]
+    python benchmarks/ray_overhead.py [--pipeline-s 60] [--block-sleeps 0.5,10] [--idle-s 30] [--out ...]
 
 Why: inside the job, embedding runs about 15% slower than a bare `encode` of the same rows, while the
 embedding stage called in one process, and the same stage in a Ray actor, both cost what `encode` costs
@@ -11,9 +11,12 @@ reservation, blocks streamed through it) whose actor only sleeps. Every CPU seco
 is then Ray's: the driver's streaming executor, Ray Data's service actors (stats, autoscaling coordinator,
 actor locations), the raylet, GCS, dashboard and agents, idle workers, and the actor's own per-block cost.
 
-Two windows, CPU time of every process in the tree read from /proc at their start and end:
-  idle      Ray started and settled, no dataset running (--idle-s).
-  pipeline  the sleeping pipeline from start to end (about --pipeline-s).
+Windows, CPU time of every process in the tree read from /proc (every 0.25 s, so processes that exit inside
+a window count up to their last reading):
+  idle          Ray started and settled, no dataset running (--idle-s).
+  pipeline_Ns   the sleeping pipeline from start to end (about --pipeline-s), its actor sleeping N s per
+                block, for each N of --block-sleeps: 0.5 s shows the per-block costs at their worst, 10 s is
+                closer to the embed stage (a 1,024-row block takes 10-30 s to embed on 2 cores).
 Reported per window: the tree's CPU in cores (CPU s / wall s), the same as a share of the machine's cores,
 and the CPU by role. No timing is asserted anywhere.
 """
@@ -26,6 +29,7 @@ import os
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +49,6 @@ ROLES = (  # (role, substrings of the command line), first match wins
     ("raylet + GCS", ("raylet/raylet", "gcs/gcs_server")),
     ("dashboard + agents + monitors", ("dashboard", "Agent", "log_monitor", "monitor.py", "agent")),
 )
-BLOCK_SLEEP_S = 0.5
 
 
 def role(command: str) -> str:
@@ -115,12 +118,15 @@ def window(name: str, run) -> dict:
 class SleepingStage:
     """A stage that costs no CPU of its own: every CPU second around it is Ray's."""
 
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
     def __call__(self, batch):
-        time.sleep(BLOCK_SLEEP_S)
+        time.sleep(self.seconds)
         return batch
 
 
-def run_pipeline(blocks: int) -> None:
+def run_pipeline(blocks: int, block_sleep_s: float) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -129,7 +135,11 @@ def run_pipeline(blocks: int) -> None:
     plan = plan_embed(ray.cluster_resources(), None, 1.0)
     ds = ray.data.range(blocks, override_num_blocks=blocks)
     ds = ds.map_batches(
-        SleepingStage, batch_size=None, compute=ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus_per_actor
+        SleepingStage,
+        fn_constructor_args=(block_sleep_s,),
+        batch_size=None,
+        compute=ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.cpus_per_actor,
     )
     ds = ds.map_batches(lambda batch: batch, batch_size=None, num_cpus=IO_TASK_CPUS)
     count = ds.count()
@@ -140,10 +150,13 @@ def run_pipeline(blocks: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-s", type=float, default=60.0, help="about how long the pipeline runs (default 60)")
+    parser.add_argument("--block-sleeps", default="0.5,10",
+                        help="seconds the actor sleeps per block, one pipeline each (default 0.5,10)")
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle window (default 30)")
     parser.add_argument("--settle-s", type=float, default=10.0, help="wait after Ray starts (default 10)")
     parser.add_argument("--out", default=str(HERE / "results" / "ray_overhead.json"))
     args = parser.parse_args(argv)
+    sleeps = [float(x) for x in args.block_sleeps.split(",") if x.strip()]
     started_at, load_start, wall = dt.datetime.now().isoformat(timespec="seconds"), loadavg(), time.perf_counter()
 
     import ray
@@ -153,15 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(log_to_driver=False)
     try:
         time.sleep(args.settle_s)
-        windows = {
-            "idle": window("idle", lambda: time.sleep(args.idle_s)),
-            "pipeline": window("pipeline", lambda: run_pipeline(max(1, round(args.pipeline_s / BLOCK_SLEEP_S)))),
-        }
+        windows = {"idle": window("idle", lambda: time.sleep(args.idle_s))}
+        for sleep_s in sleeps:
+            blocks = max(1, round(args.pipeline_s / sleep_s))
+            windows[f"pipeline_{sleep_s:g}s"] = window(f"pipeline, {blocks} blocks of {sleep_s:g} s",
+                                                        partial(run_pipeline, blocks, sleep_s))
     finally:
         ray.shutdown()
     report = {
         **report_header("ray_overhead", started_at, load_start, REPO),
-        "settings": {"pipeline_s": args.pipeline_s, "idle_s": args.idle_s, "block_sleep_s": BLOCK_SLEEP_S,
+        "settings": {"pipeline_s": args.pipeline_s, "idle_s": args.idle_s, "block_sleeps_s": sleeps,
                      "ray": ray.__version__},
         "windows": windows,
         "wall_s": round(time.perf_counter() - wall, 1),
