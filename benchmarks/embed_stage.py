@@ -37,7 +37,6 @@ No timing asserts: the JSON records the numbers with the machine load at start a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gzip
 import json
 import os
@@ -48,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, report_header, write_report
+from machine import BenchmarkRun, loadavg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -264,9 +263,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_start = loadavg()
-    wall = time.perf_counter()
+    run = BenchmarkRun("embed_stage", REPO)
 
     import torch
     from sentence_transformers import SentenceTransformer
@@ -304,10 +301,10 @@ def main(argv=None) -> int:
         )
         for name, texts in sets.items()
     }
-    report = {
-        **report_header("embed_stage", started_at, load_start, REPO),
-        "versions": versions(),
-        "settings": {
+    run.write(
+        args.out,
+        versions=versions(),
+        settings={
             "torch_threads": THREADS,
             "ray_batch_rows": RAY_BATCH,
             "encode_batch_size": ENCODE_BATCH,
@@ -316,10 +313,8 @@ def main(argv=None) -> int:
             "sample_rows_generated": args.sample_rows,
             "alpaca_path": str(ALPACA) if "alpaca" in sets else None,
         },
-        "wall_s": round(time.perf_counter() - wall, 1),
-        "sets": results,
-    }
-    write_report(report, args.out)
+        sets=results,
+    )
     return 0
 
 

@@ -22,7 +22,6 @@ embedding stage with --embed-max-tokens 256, 2 threads), this measures:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from embed_backends import answers, embed_all
 from inputs import generated_sharegpt, real_sharegpt
-from machine import loadavg, report_header, write_report
+from machine import BenchmarkRun
 
 MARGINS = (0.02, 0.035, 0.05, 0.08, 0.10)
 THRESHOLDS = {"decision": 0.95, "record": 0.90}
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generated-rows", type=int, default=5000)
     parser.add_argument("--out", default=str(HERE / "results" / "int8_prefilter.json"))
     args = parser.parse_args(argv)
-    started_at, load_start, wall = dt.datetime.now().isoformat(timespec="seconds"), loadavg(), time.perf_counter()
+    run = BenchmarkRun("int8_prefilter", REPO)
     sets = {}
     with tempfile.TemporaryDirectory(prefix="chatsieve-int8-prefilter-") as tmp:
         inputs = {"real": (real_sharegpt, args.real_rows), "generated": (generated_sharegpt, args.generated_rows)}
@@ -129,14 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             if rows <= 0 or make(path, rows) is None:
                 continue  # no ../shared/data here, or skipped
             sets[name] = measure(name, answers(path), str(Path(tmp) / "exports"))
-    report = {
-        **report_header("int8_prefilter", started_at, load_start, REPO),
-        "settings": {"margins": MARGINS, "thresholds": THRESHOLDS, "drift_floor": DRIFT_FLOOR, "max_tokens": 256,
-                     "threads": 2},
-        "sets": sets,
-        "wall_s": round(time.perf_counter() - wall, 1),
-    }
-    write_report(report, args.out)
+    settings = {"margins": MARGINS, "thresholds": THRESHOLDS, "drift_floor": DRIFT_FLOOR, "max_tokens": 256, "threads": 2}
+    run.write(args.out, settings=settings, sets=sets)
     return 0
 
 

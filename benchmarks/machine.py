@@ -70,3 +70,26 @@ def report_header(benchmark: str, started_at: str, load_start: list[float], repo
         "date": started_at,
         "machine": {**machine(), "load_at_start": load_start, "load_at_end": loadavg(), "peak_rss_mb": peak_rss_mb()},
     }
+
+
+class BenchmarkRun:
+    """One benchmark's run: started when made (date, load, clock), written once with `write`, which puts the
+    common header first (report_header), then the benchmark's own fields, then the run's wall time."""
+
+    def __init__(self, benchmark: str, repo: Path):
+        import datetime as dt
+        import time
+
+        self.benchmark, self.repo, self._clock = benchmark, repo, time.perf_counter
+        self.started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.load_start = loadavg()
+        self.started = self._clock()
+
+    def write(self, out: str | Path, **fields) -> dict:
+        report = {
+            **report_header(self.benchmark, self.started_at, self.load_start, self.repo),
+            **fields,
+            "wall_s": round(self._clock() - self.started, 1),
+        }
+        write_report(report, out)
+        return report

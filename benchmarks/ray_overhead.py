@@ -24,7 +24,6 @@ and the CPU by role. No timing is asserted anywhere.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import threading
@@ -37,7 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from machine import loadavg, report_header, write_report
+from machine import BenchmarkRun
 from process_tree import descendants, process_table
 
 ROLES = (  # (role, substrings of the command line), first match wins
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "ray_overhead.json"))
     args = parser.parse_args(argv)
     sleeps = [float(x) for x in args.block_sleeps.split(",") if x.strip()]
-    started_at, load_start, wall = dt.datetime.now().isoformat(timespec="seconds"), loadavg(), time.perf_counter()
+    run = BenchmarkRun("ray_overhead", REPO)
 
     import ray
 
@@ -173,14 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         partial(run_pipeline, blocks, sleep_s))
     finally:
         ray.shutdown()
-    report = {
-        **report_header("ray_overhead", started_at, load_start, REPO),
-        "settings": {"pipeline_s": args.pipeline_s, "idle_s": args.idle_s, "block_sleeps_s": sleeps,
-                     "ray": ray.__version__},
-        "windows": windows,
-        "wall_s": round(time.perf_counter() - wall, 1),
-    }
-    write_report(report, args.out)
+    settings = {"pipeline_s": args.pipeline_s, "idle_s": args.idle_s, "block_sleeps_s": sleeps, "ray": ray.__version__}
+    run.write(args.out, settings=settings, windows=windows)
     return 0
 
 

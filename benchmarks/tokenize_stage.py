@@ -62,7 +62,6 @@ No timing asserts: the JSON records the numbers with the machine load at start a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import os
 import statistics
@@ -72,7 +71,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import loadavg, report_header, write_report
+from machine import BenchmarkRun, loadavg
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data")
@@ -343,9 +342,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     set_threads(args.threads)
     sys.path.insert(0, str(REPO))
-    started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    load_start = loadavg()
-    wall = time.perf_counter()
+    run = BenchmarkRun("tokenize_stage", REPO)
 
     from jobs.config import PrepareConfig
     from operators import schema
@@ -373,10 +370,10 @@ def run(args) -> int:
 
     results = {name: measure(name, table, stage, raw_tokenizer, batch_rows, args.rounds, args.repeats)
                for name, table in sets.items()}
-    report = {
-        **report_header("tokenize_stage", started_at, load_start, REPO),
-        "versions": versions(),
-        "settings": {
+    run.write(
+        args.out,
+        versions=versions(),
+        settings={
             "rayon_num_threads": args.threads,
             "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
             "stage_batch_rows": batch_rows,
@@ -387,10 +384,8 @@ def run(args) -> int:
                                 "the issue's target is >= 0.8 against `raw`",
             "sets": set_info,
         },
-        "wall_s": round(time.perf_counter() - wall, 1),
-        "sets": results,
-    }
-    write_report(report, args.out)
+        sets=results,
+    )
     return 0
 
 
