@@ -31,7 +31,8 @@ REAL_FILES = (
 def _first_exchanges(path: str):
     """(user, assistant) of each record of `path` that has both, in file order, via chatsieve's reader."""
     from operators.normalize import NormalizeConfig, normalize_record
-    from operators.read import discover_inputs, iter_records
+    from operators.discover import discover_inputs
+    from operators.read import iter_records
 
     config = NormalizeConfig(turns="first", system="drop")
     for item in discover_inputs([path]):

@@ -108,7 +108,8 @@ def kept_rows(paths: list[str], limit_per_input: int | None = None):
 
     from operators import schema
     from operators.normalize import NormalizeConfig
-    from operators.read import discover_inputs, read_file_batches
+    from operators.discover import discover_inputs
+    from operators.read import read_file_batches
 
     config = NormalizeConfig()
     tables, read = [], 0

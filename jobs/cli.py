@@ -61,13 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if args.command == "sample":
         from jobs.sample import run_sample
 
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         summary = run_sample(args)
         print(summary)
         return 0
@@ -75,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "inspect"):
         from jobs.report import run_inspect, run_report
 
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             print(run_report(args) if args.command == "report" else run_inspect(args))
         except (ValueError, OSError) as exc:
@@ -82,41 +82,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    from jobs import prepare, rethreshold
-    from operators.write import OutputExistsError
+    from jobs.runtime import run_command
 
-    try:
-        if args.command == "rethreshold":
-            output = args.output
-            manifest = rethreshold.run(args.source, args.threshold, args.output, args.overwrite)
-        else:
-            config = config_from_args(args)
-            output = config.output.path
-            manifest = prepare.run(config)
-    except (OutputExistsError, ValueError, OSError) as exc:
-        print(f"chatsieve: {exc}", file=sys.stderr)
-        return 2
-    print(summary_table(manifest, output))
-    return 0
+    if args.command == "rethreshold":
+        from jobs import rethreshold
 
+        return run_command(
+            args, lambda: rethreshold.run(args.source, args.threshold, args.output, args.overwrite), args.output
+        )
+    from jobs import prepare
 
-def summary_table(manifest: dict, output: str) -> str:
-    rows = manifest["rows"]
-    lines = [
-        "",
-        f"{'stage':<16}{'in':>10}{'out':>10}  dropped",
-    ]
-    for stage in rows["stages"]:
-        dropped = ", ".join(f"{r}={n}" for r, n in stage["dropped"].items()) or "-"
-        lines.append(f"{stage['stage']:<16}{stage['in']:>10}{stage['out']:>10}  {dropped}")
-    lines.append("")
-    lines.append(
-        f"read {rows['read']} = kept {rows['kept']} + removed {rows['removed']} + rejected {rows['rejected']}"
-    )
-    timings = manifest["timings_s"]
-    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    lines.append(f"output: {output} (data/, removed/, rejected/, manifest.json, README.md)")
-    return "\n".join(lines)
+    return run_command(args, lambda: prepare.run(config_from_args(args)), getattr(args, "output", None) or "out")
 
 
 if __name__ == "__main__":

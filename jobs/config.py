@@ -95,8 +95,13 @@ class ResourceConfig:
     embed_actors: int | None = None  # None: one per GPU (by --embed-gpus-per-actor), else one CPU actor
     embed_gpus_per_actor: float = 1.0  # fractional packs several small-model actors on one GPU
     index_cpus_per_shard: float | None = None  # None: derived so every shard fits (jobs/resources.py)
+    # Rows per embedding call and per vectors-store file: large, because `encode` sorts by length within
+    # a call (docs/notes.md); a crash loses at most the blocks in flight (one per actor).
+    embed_block_rows: int = 1024
 
     def __post_init__(self):
+        if self.embed_block_rows < 1:
+            raise ValueError(f"--embed-block-rows must be >= 1, got {self.embed_block_rows}")
         if self.embed_actors is not None and self.embed_actors < 1:
             raise ValueError(f"--embed-actors must be >= 1, got {self.embed_actors}")
         if not 0 < self.embed_gpus_per_actor <= 8:
@@ -259,6 +264,9 @@ OPTIONS: tuple[Option, ...] = (
            "GPUs per embedding actor; fractional packs small models (default: 1)", type=float),
     Option("index_cpus_per_shard", "resources", "index_cpus_per_shard",
            "CPUs reserved per index shard actor (default: derived so all shards fit)", type=float),
+    Option("embed_block_rows", "resources", "embed_block_rows",
+           "rows per embedding call and per vectors checkpoint file; a crash loses at most one block per "
+           "embedding actor (default: 1024)", type=int),
     Option("address", "resources", "address", "Ray cluster address (default: RAY_ADDRESS, else start Ray locally)"),
     Option("tokenize_actors", "resources", "tokenize_actors",
            "tokenizer actors (default: one per CPU of the cluster, see README)", type=int),
@@ -288,7 +296,14 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     options: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file:
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except yaml.YAMLError as exc:
+            # safe_load refuses Python tags (!!python/object...) and other constructors: one line, no traceback.
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"{config_file}{where}: not a plain YAML mapping of options: {problem}") from exc
         if not isinstance(loaded, dict):
             raise ValueError(f"{config_file}: expected a mapping of option: value, got {type(loaded).__name__}")
         options.update(loaded)

@@ -9,8 +9,6 @@ in Ray's object store and in `_work/` (candidates/, vectors/<key>/), streamed in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
@@ -24,7 +22,7 @@ from ray.data import ActorPoolStrategy
 
 from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
 from operators import schema
-from operators.embed import Embed
+from operators.embed import CUT, VECTOR, WINDOWS
 from operators.exact_dedup import (
     CANDIDATE_SCHEMA,
     DEDUP_KEY,
@@ -36,17 +34,13 @@ from operators.exact_dedup import (
 )
 from operators.index import Neighbors, pair_similarity, search_with_ray
 from operators.resolve import resolve_greedy, resolve_none
+from jobs.vectors import EmbedToStore, VectorStore, settings_key, settings_of
 from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
 CANDIDATES_DIR = "candidates"
-VECTORS_DIR = "vectors"
 EXPORTS_DIR = "embedder"  # exported ONNX models (operators/embed_backends.py)
-COMPLETE = "_COMPLETE"
-VECTORS_FORMAT = 1  # bump when the vectors checkpoint layout or embedding semantics change
-# Rows handed to one Embed call: large, because `encode` sorts by length within a call (NOTES.md).
-EMBED_RAY_BATCH = 1024
 SEARCH_BATCH = 8192
 # Pairs this close to the threshold may decide differently between runs whose vectors differ in the
 # last bits (batch composition, NOTES.md); the manifest counts them.
@@ -119,30 +113,22 @@ def load_candidate_keys(output: Output) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def vectors_key(config, plan: CandidatePlan, runtime: str) -> str:
-    """Content key of the vectors: what is embedded (ids and exact texts), by which embedder, how, and on
-    which runtime (`EmbedConfig.runtime(device)`: a GPU run is torch-fp16 whatever --embed-backend says, so
-    rerunning it with another CPU backend reuses its vectors)."""
-    digest = hashlib.sha1()
-    embed = config.embed
-    digest.update(
-        json.dumps({"model": embed.model, "max_tokens": embed.max_tokens, "v": VECTORS_FORMAT, "runtime": runtime}).encode()
-    )
-    is_rep = pa.array(plan.is_rep)
-    for column in (plan.rep_ids, plan.text_sha1.filter(is_rep)):
-        digest.update("\n".join(column.to_pylist()).encode())
-    return digest.hexdigest()[:20]
-
-
 def _only_ids(batch: pa.Table, wanted: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch.column(schema.ID), value_set=wanted))
 
 
-def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[str, ...], bool, str | None]:
-    """Embed the representatives, or reuse the checkpoint of an earlier run with the same key.
+@dataclass
+class Vectors:
+    """The store holding a vector for every representative, and what this run did to fill it."""
 
-    Returns the checkpoint's path parts, whether it was reused, and the runtime that embedded it (e.g.
-    "openvino-fp32", "torch-fp16"; written in the checkpoint's completion marker)."""
+    store: VectorStore
+    runtime: str
+    embedded: int  # texts this run embedded; the rest were already stored
+
+
+def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
+    """Make sure the store holds a vector for every representative's text, embedding only the missing ones
+    (jobs/vectors.py): a rerun after a crash, or after adding rows, embeds only what no run finished."""
     # Planned first: the device decides the runtime, and the runtime is part of the key.
     embed_plan = plan_embed(
         ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
@@ -152,28 +138,36 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> tuple[tuple[s
         config.embed, device=embed_plan.device, threads=embed_plan.threads, export_dir=export_dir(config, output)
     )
     runtime = embed_config.runtime(embed_plan.device)
-    parts = (WORK_DIR, VECTORS_DIR, vectors_key(config, plan, runtime))
-    uri = output.child_uri(*parts)
-    if output.exists(*parts, COMPLETE):
-        logger.info("reusing vectors checkpoint %s", uri)
-        with output.fs.open_input_stream(output.child_path(*parts, COMPLETE)) as marker:
-            return parts, True, marker.read().decode() or runtime
-    output.delete_dir(*parts)
+    store = VectorStore(output, settings_key(config.embed, runtime))
+    store.remove_scratch()
+    rep_sha1 = plan.text_sha1.filter(pa.array(plan.is_rep))
+    missing = pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))
+    to_embed = plan.rep_ids.filter(missing)
+    logger.info("vectors: %d of %d texts already stored, %d to embed", len(rep_sha1) - len(to_embed), len(rep_sha1),
+                len(to_embed))
+    if not len(to_embed):
+        return Vectors(store, runtime, 0)
+    store.write_settings(settings_of(config.embed, runtime))
     logger.info("embed: %s, %s", embed_plan, runtime)
-    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), [schema.ID, DEDUP_TEXT])
-    ds = ds.map_batches(_only_ids, fn_args=(plan.rep_ids,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
+    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), [schema.ID, TEXT_SHA1, DEDUP_TEXT])
+    ds = ds.map_batches(_only_ids, fn_args=(to_embed,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     ds = ds.map_batches(
-        Embed,
-        fn_constructor_args=(embed_config,),
-        batch_size=EMBED_RAY_BATCH,
+        EmbedToStore,
+        fn_constructor_args=(embed_config, output.fs, output.child_path(*store.parts)),
+        batch_size=config.resources.embed_block_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=embed_plan.actors),
         num_cpus=embed_plan.cpus_per_actor,
         num_gpus=embed_plan.gpus_per_actor or None,
     )
-    ds.write_parquet(uri, ray_remote_args={"num_cpus": IO_TASK_CPUS})
-    output.write_text("/".join((*parts, COMPLETE)), runtime)
-    return parts, False, runtime
+    embedded = sum(int(pc.sum(b.column("embedded")).as_py() or 0) for b in ds.iter_batches(batch_format="pyarrow"))
+    still_missing = pc.sum(pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))).as_py() or 0
+    if embedded < len(to_embed) or still_missing:
+        raise RuntimeError(
+            f"embedding finished with {still_missing} texts missing from {store.output.child_uri(*store.parts)} "
+            f"({embedded} embedded of {len(to_embed)})"
+        )
+    return Vectors(store, runtime, embedded)
 
 
 def export_dir(config, output: Output) -> str | None:
@@ -185,20 +179,25 @@ def export_dir(config, output: Output) -> str | None:
 
 
 class VectorBatches:
-    """(ranks, vectors) batches of the checkpoint, re-readable (the index reads them twice)."""
+    """(ranks, vectors) batches of the representatives' vectors, re-readable (the index reads them twice)."""
 
-    def __init__(self, output: Output, parts: tuple[str, ...], rep_ids: pa.Array):
-        self.output, self.parts, self.rep_ids = output, parts, rep_ids
+    def __init__(self, store: VectorStore, rep_sha1: pa.Array):
+        self.store, self.rep_sha1 = store, rep_sha1
 
     def __call__(self):
-        ds = read_checkpoint(self.output, self.parts, [schema.ID, "vector"])
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=SEARCH_BATCH):
-            ranks = pc.index_in(batch.column(schema.ID), value_set=self.rep_ids)
-            if ranks.null_count:
-                raise RuntimeError("the vectors checkpoint holds ids that are not candidates; delete _work/vectors")
-            vectors = batch.column("vector").combine_chunks()
+        for ranks, table in self.store.batches(self.rep_sha1, [VECTOR], SEARCH_BATCH):
+            vectors = table.column(VECTOR).combine_chunks()
             dim = vectors.type.list_size
-            yield ranks.to_numpy(), vectors.flatten().to_numpy().reshape(len(batch), dim)
+            yield ranks, vectors.flatten().to_numpy().reshape(len(ranks), dim)
+
+    def stats(self) -> dict:
+        """Rows, word-piece windows and rows cut, over the representatives."""
+        rows = windows = cut = 0
+        for ranks, table in self.store.batches(self.rep_sha1, [WINDOWS, CUT], SEARCH_BATCH):
+            rows += len(ranks)
+            windows += int(pc.sum(table.column(WINDOWS)).as_py() or 0)
+            cut += int(pc.sum(table.column(CUT)).as_py() or 0)
+        return {"rows": rows, "windows": windows, "rows_cut": cut}
 
 
 def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_threshold: float) -> dict:
@@ -399,19 +398,16 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
     m = len(plan.rep_ids)
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
     with timings.stage("embed"):
-        parts, reused, runtime = ensure_vectors(config, output, plan) if m else ((), False, None)
-    manifest: dict = {"vectors": {"checkpoint": "/".join(parts) or None, "reused": reused, "runtime": runtime}}
+        vectors = ensure_vectors(config, output, plan) if m else None
+    manifest: dict = {"vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0}}
     if m:
-        batches = VectorBatches(output, parts, plan.rep_ids)
+        batches = VectorBatches(vectors.store, plan.text_sha1.filter(pa.array(plan.is_rep)))
         dim = next(iter(batches()))[1].shape[1]
         with timings.stage("index_search"):
             neighbors = search(config, batches, m, dim)
-        vector_stats = pq.read_table(output.child_path(*parts), columns=["windows", "cut"], filesystem=output.fs)
         manifest["vectors"].update(
-            rows=vector_stats.num_rows,
-            dim=dim,
-            rows_cut=int(pc.sum(vector_stats.column("cut")).as_py() or 0),
-            windows=int(pc.sum(vector_stats.column("windows")).as_py() or 0),
+            checkpoint="/".join(vectors.store.parts), runtime=vectors.runtime, dim=dim,
+            embedded=vectors.embedded, reused=vectors.embedded == 0, **batches.stats(),
         )
         if config.index.kind == "ivf":
             with timings.stage("ivf_recall"):

@@ -8,82 +8,35 @@ Run as `chatsieve prepare ...` or `python -m jobs.prepare ...`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from importlib import metadata
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import ActorPoolStrategy
 
 from jobs.config import PrepareConfig
-from jobs.report import write_report
 from jobs.resources import IO_TASK_CPUS, plan_tokenize
-from operators import schema
+from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, in_submitted_job, open_output
+from operators.discover import Discovery, discover
 from operators.length import length_filter
-from operators.read import discover_inputs, input_file_to_dict, read_file_batches
-from operators.report import RowStats
+from operators.read import input_file_to_dict, read_file_batches
 from operators.tokens import DEFAULT_TOKENIZER, Tokenize
-from operators.write import (
-    DATA_DIR,
-    MANIFEST,
-    REJECTED_DIR,
-    REMOVED_DIR,
-    WORK_DIR,
-    Output,
-    read_checkpoint,
-    write_shards,
-)
+from operators.write import WORK_DIR, Output
 
 logger = logging.getLogger(__name__)
-
-ROWS_CHECKPOINT = "rows"
-# Packages whose versions decide the output; recorded in manifest.json.
-VERSIONED_PACKAGES = (
-    "chatsieve", "ray", "pyarrow", "transformers", "tokenizers", "sentence-transformers",
-    "mistral-common", "faiss-cpu", "faiss-gpu", "torch", "numpy",
-)
-
-
-class Timings:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        logger.info("stage %s ...", name)
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-        logger.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
 def read_and_normalize(batch: pa.Table, normalize_config):
     """Ray stage: one input file per call, yielding normalized WORK_SCHEMA batches."""
-    from operators.read import InputFile
+    from operators.discover import InputFile
 
     for item in batch.to_pylist():
         yield from read_file_batches(InputFile(**item), normalize_config)
-
-
-def in_submitted_job() -> bool:
-    """True inside `ray job submit`: the job supervisor hands the driver its job config in this variable."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return False
-    try:
-        return "job_submission_id" in json.loads(raw).get("metadata", {})
-    except (ValueError, AttributeError):
-        return False
 
 
 def check_submitted_job_paths(config: PrepareConfig) -> None:
@@ -100,19 +53,6 @@ def check_submitted_job_paths(config: PrepareConfig) -> None:
                 f"{path!r} is a relative path inside a Ray job, whose working directory is a temporary copy of "
                 "the submitter's: use an absolute path on the cluster's shared storage, or a URI (s3://, gs://)"
             )
-
-
-def ensure_ray(config: PrepareConfig) -> None:
-    if ray.is_initialized():
-        return
-    if in_submitted_job():
-        ray.init()  # the job's runtime_env (cluster/runtime_env.yaml) already applies to every worker
-        return
-    env_vars = {"TOKENIZERS_PARALLELISM": "true"}
-    if config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path):
-        # Offline defaults: fail loudly rather than touch a hub (read when huggingface_hub is imported).
-        env_vars["HF_HUB_OFFLINE"] = "1"
-    ray.init(address=config.resources.address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
 def resolve_inputs(config: PrepareConfig, output: Output) -> list[str]:
@@ -168,136 +108,48 @@ def build_rows_plan(config: PrepareConfig, inputs: list) -> ray.data.Dataset:
     return ds
 
 
-def _select(batch: pa.Table, status: str, out_schema: pa.Schema, renames: dict[str, str]) -> pa.Table:
-    rows = batch.filter(pc.equal(batch.column(schema.STATUS), status))
-    rows = rows.rename_columns([renames.get(n, n) for n in rows.column_names])
-    return rows.select(out_schema.names).cast(out_schema)
-
-
-OUTPUTS = (
-    (schema.KEPT, DATA_DIR, schema.DATA_SCHEMA, {}),
-    (schema.REMOVED, REMOVED_DIR, schema.REMOVED_SCHEMA, {}),
-    (schema.REJECTED, REJECTED_DIR, schema.REJECTED_SCHEMA, {schema.REASON: schema.ERROR}),
-)
-
-
-def apply_decisions(batch: pa.Table, decisions: pa.Table) -> pa.Table:
-    """Mark the rows that dedup removed: status, reason, detail, duplicate_of, similarity."""
-    position = pc.index_in(batch.column(schema.ID), value_set=decisions.column(schema.ID))
-    hit = pc.is_valid(position)
-    if not pc.any(hit).as_py():
-        return batch
-    taken = decisions.take(pc.fill_null(position, 0))
-    columns = {name: batch.column(name) for name in batch.column_names}
-    columns[schema.STATUS] = pc.if_else(hit, schema.REMOVED, batch.column(schema.STATUS))
-    for name in (schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.SIMILARITY):
-        columns[name] = pc.if_else(hit, taken.column(name), batch.column(name))
-    return pa.table(columns, schema=schema.WORK_SCHEMA)
-
-
-def commit(
-    config: PrepareConfig,
-    output: Output,
-    rows: tuple[Output, tuple[str, ...]],
-    timings: Timings,
-    extra: dict,
-    decisions: pa.Table | None,
-) -> dict:
-    """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest.
-
-    One read and one distributed sort of the checkpoint; each status is then selected from the sorted
-    blocks with Ray Data's order preserved, so shards come out in (source, source_row) order.
-    """
-    context = DataContext.get_current()
-    preserve_order = context.execution_options.preserve_order
-    context.execution_options.preserve_order = True
-    try:
-        with timings.stage("sort"):
-            ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA)
-            if decisions is not None and decisions.num_rows:
-                ordered = ordered.map_batches(
-                    apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
-                )
-            ordered = ordered.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
-        stats = RowStats()
-        with timings.stage("stats"):
-            for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
-                batch_format="pyarrow", batch_size=65536
-            ):
-                stats.add(batch)
-        files: dict[str, list[str]] = {}
-        for status, subdir, out_schema, renames in OUTPUTS:
-            with timings.stage(f"write_{subdir}"):
-                selected = ordered.map_batches(
-                    _select, fn_args=(status, out_schema, renames), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
-                ).materialize()
-                files[subdir] = write_shards(selected, output, subdir, out_schema, config.output.rows_per_shard)
-    finally:
-        context.execution_options.preserve_order = preserve_order
-    rows = stats.manifest_rows()
-    written = {subdir: _count_rows(output, subdir, names) for subdir, names in files.items()}
-    check_accounting(rows, written)
-    return {
-        "chatsieve_version": _version("chatsieve"),
-        "config": config.to_dict(),
-        "inputs": extra["inputs"],
-        "rows": rows,
-        "tokens": stats.manifest_tokens(),
-        "files": files,
-        "timings_s": timings.seconds,
-        "versions": _versions(),
-        "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
-    }
-
-
-def check_accounting(rows: dict, written: dict[str, int]) -> None:
-    """The invariant of ARCHITECTURE.md: rows read = kept + removed + rejected, in the files too."""
-    expected = {DATA_DIR: rows["kept"], REMOVED_DIR: rows["removed"], REJECTED_DIR: rows["rejected"]}
-    if written != expected or rows["read"] != sum(expected.values()):
-        raise RuntimeError(f"row accounting failed: read {rows['read']}, expected {expected}, files hold {written}")
-
-
-def _count_rows(output: Output, subdir: str, names: list[str]) -> int:
-    return sum(pq.ParquetFile(output.child_path(subdir, n), filesystem=output.fs).metadata.num_rows for n in names)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _versions() -> dict:
-    versions = {p: _version(p) for p in VERSIONED_PACKAGES}
-    versions["python"] = platform.python_version()
-    return {k: v for k, v in versions.items() if v is not None}
-
-
 def run(config: PrepareConfig) -> dict:
-    """Run the whole job; returns the manifest. Raises on config faults; data faults become rows."""
-    timings = Timings()
+    """Run the whole job; returns the manifest. Raises on config faults; data faults become rows.
+
+    Inputs are discovered and the output checked before Ray starts: a missing input, a refused URI or a
+    complete output fails in about a second, with nothing written."""
     started = time.perf_counter()
     check_submitted_job_paths(config)
-    output = Output(config.output.path)
-    output.prepare(config.output.overwrite)
-    ensure_ray(config)
-    context = DataContext.get_current()
-    saved_block_size = context.target_max_block_size
-    # A read task's rows are cut into blocks of this size; each block goes to one tokenizer actor, so
-    # Ray's 128 MiB default would leave a single large file to a single actor. (ds.repartition would
-    # add a whole-CPU task that cannot fuse with fractional-CPU maps: the 2-core deadlock.)
-    context.target_max_block_size = int(config.resources.block_size_mb * 2**20)
-    try:
-        return _run(config, output, timings, started)
-    finally:
-        context.target_max_block_size = saved_block_size
+    discovery = None if config.uses_sample else discover(list(config.inputs))
+    with open_output(config.output.path, config.output.overwrite, job_identity(config)) as output:
+        offline = config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path)
+        ensure_ray(config.resources.address, offline)
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        saved_block_size = context.target_max_block_size
+        # A read task's rows are cut into blocks of this size; each block goes to one tokenizer actor, so
+        # Ray's 128 MiB default would leave a single large file to a single actor. (ds.repartition would
+        # add a whole-CPU task that cannot fuse with fractional-CPU maps: the 2-core deadlock.)
+        context.target_max_block_size = int(config.resources.block_size_mb * 2**20)
+        try:
+            return _run(config, output, discovery, Timings(), started)
+        finally:
+            context.target_max_block_size = saved_block_size
 
 
-def _run(config: PrepareConfig, output: Output, timings: Timings, started: float) -> dict:
+def job_identity(config: PrepareConfig) -> dict:
+    """What decides this job's result (open_output resumes only the same job): every setting but the
+    resources (the result does not depend on them), the output's path and --overwrite."""
+    settings = config.to_dict()
+    settings.pop("resources")
+    settings["output"] = {k: v for k, v in settings["output"].items() if k not in ("path", "overwrite")}
+    return {"command": "prepare", "config": settings}
+
+
+def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, timings: Timings, started: float) -> dict:
     with timings.stage("discover"):
-        inputs = discover_inputs(resolve_inputs(config, output))
+        if discovery is None:
+            discovery = discover(resolve_inputs(config, output))
+    inputs = discovery.files
     logger.info("%d input files", len(inputs))
+    for skipped in discovery.skipped:
+        logger.warning("input %s skipped: %s", skipped["path"], skipped["reason"])
     rows = (output, (WORK_DIR, ROWS_CHECKPOINT))
     output.delete_dir(WORK_DIR, ROWS_CHECKPOINT)  # an earlier attempt's rows never mix in
     with timings.stage("read_normalize_tokenize_filter"):
@@ -316,24 +168,26 @@ def _run(config: PrepareConfig, output: Output, timings: Timings, started: float
         rows,
         timings,
         decisions=decisions,
-        extra={"inputs": [{"source": f.source, "uri": f.uri} for f in inputs]},
+        # Sources only: a file's absolute path on the submitting machine is not the dataset's business.
+        extra={"inputs": [{"source": f.source} for f in inputs]},
     )
+    manifest["inputs_skipped"] = discovery.skipped
     manifest["dedup"] = dedup_manifest
     return finish(output, manifest, started)
 
 
-def finish(output: Output, manifest: dict, started: float) -> dict:
-    manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-    output.write_json(MANIFEST, manifest)
-    write_report(output, manifest)  # report/ (plots, report.html) and README.md (dataset card)
-    output.mark_success()  # last: its presence says every other file is complete
-    return manifest
-
-
 def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
+    """`python -m jobs.prepare ...`: the same as `chatsieve prepare ...`."""
+    import argparse
 
-    return cli_main(["prepare", *(sys.argv[1:] if argv is None else argv)])
+    from jobs.config import add_prepare_arguments, config_from_args
+    from jobs.runtime import run_command
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    add_prepare_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command(args, lambda: run(config_from_args(args)), getattr(args, "output", None))
 
 
 if __name__ == "__main__":

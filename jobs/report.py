@@ -173,7 +173,8 @@ def write_report(output: Output, manifest: dict, scale: str = "auto") -> list[st
         if key in images:
             _write_bytes(output, name, images[key])
             written.append(f"{REPORT_DIR}/{name}")
-    html = render_html(manifest, output.uri, images, pairs, notes)
+    # The output's name, not the host path: the page travels with the dataset (uploaded, shared).
+    html = render_html(manifest, output.name, images, pairs, notes)
     _write_bytes(output, HTML, html.encode())
     output.write_text(CARD, render_card(manifest))
     written += [f"{REPORT_DIR}/{HTML}", CARD]

@@ -14,7 +14,7 @@ import time
 
 from jobs.config import PrepareConfig
 from jobs.dedup import decide, load_candidate_keys, plan_candidates, read_neighbors, write_neighbors
-from jobs.prepare import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish
+from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, open_output
 from operators.write import MANIFEST, SUCCESS, WORK_DIR, Output
 
 
@@ -39,20 +39,21 @@ def run(source: str, threshold: float, output_path: str, overwrite: bool = False
         dedup=dataclasses.replace(config.dedup, threshold=threshold, record_threshold=recorded),
         output=dataclasses.replace(config.output, path=output_path, overwrite=overwrite),
     )
-    output = Output(output_path)
-    if output.uri == src.uri:
+    if Output(output_path).uri == src.uri:
         raise ValueError("--output must differ from the output being rethresholded")
-    output.prepare(overwrite)
-    ensure_ray(config)
-    timings = Timings()
-    with timings.stage("resolve"):
-        plan = plan_candidates(load_candidate_keys(src), config.dedup.keep)
-        neighbors = read_neighbors(src, plan)
-        decisions, stats = decide(plan, neighbors, config.dedup)
-        stats["neighbor_files"] = write_neighbors(output, plan, neighbors)
-    manifest = commit(
-        config, output, (src, (WORK_DIR, ROWS_CHECKPOINT)), timings, extra={"inputs": old["inputs"]},
-        decisions=decisions,
-    )
-    manifest["dedup"] = {**stats, "rethreshold_of": src.uri, "vectors": old["dedup"]["vectors"]}
-    return finish(output, manifest, started)
+    job = {"command": "rethreshold", "source": src.uri, "threshold": threshold}
+    with open_output(output_path, overwrite, job) as output:
+        ensure_ray(config.resources.address, offline=True)  # nothing is embedded or tokenized here
+        timings = Timings()
+        with timings.stage("resolve"):
+            plan = plan_candidates(load_candidate_keys(src), config.dedup.keep)
+            neighbors = read_neighbors(src, plan)
+            decisions, stats = decide(plan, neighbors, config.dedup)
+            stats["neighbor_files"] = write_neighbors(output, plan, neighbors)
+        manifest = commit(
+            config, output, (src, (WORK_DIR, ROWS_CHECKPOINT)), timings, extra={"inputs": old["inputs"]},
+            decisions=decisions,
+        )
+        manifest["inputs_skipped"] = old.get("inputs_skipped", [])
+        manifest["dedup"] = {**stats, "rethreshold_of": source, "vectors": old["dedup"]["vectors"]}
+        return finish(output, manifest, started)

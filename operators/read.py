@@ -1,4 +1,4 @@
-"""Read stage: find input files, name their rows, parse them one physical row at a time.
+"""Read stage: parse input files one physical row at a time (operators/discover.py finds and names them).
 
 Why not `ray.data.read_json`: one malformed line fails the whole file and it gives no line numbers
 (NOTES.md). Here each Ray task owns one file, streams it through a pyarrow filesystem (local paths
@@ -16,40 +16,27 @@ import dataclasses
 import io
 import json
 import logging
-import os
-import posixpath
+import math
 import re
-import urllib.parse
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from operators import schema
+from operators.discover import InputFile, filesystem_from_uri
 
 logger = logging.getLogger(__name__)
 
-HF_PREFIX = "hf:"
-# Extensions picked up when a directory is given; an explicitly named file is always read.
-# JSON vs JSONL and gzip are detected from the bytes, not from these names.
-DIRECTORY_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".gz", ".parquet", ".arrow")
-# Files a `datasets.save_to_disk` directory holds next to its .arrow data: metadata, not rows.
-HF_METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json"}
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _READ_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One unit of reading work: a file (or a hub dataset split) and the name its rows carry."""
-
-    uri: str  # what pyarrow's FileSystem.from_uri accepts: an absolute local path or a URI
-    source: str  # ARCHITECTURE.md: path relative to the parent of the input root, POSIX style
-    kind: str  # "text" (JSON / JSONL, maybe gzip), "parquet", "arrow", or "hf"
+_BOM = b"\xef\xbb\xbf"
+# A file opening with a "{" line that is not JSON on its own is tried as one pretty-printed object up to
+# this size; a larger one is read as JSON lines (a whole-file parse would hold it all in memory).
+PRETTY_OBJECT_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,157 +48,6 @@ class RawRecord:
     error: str | None = None  # a schema.REJECTION_ERRORS code
     detail: str | None = None
     raw: str | None = None
-
-
-# --- discovery (driver side) -----------------------------------------------------------------------
-
-
-# Query keys that would carry a secret in a URI (pyarrow accepts some options as URI query parameters).
-_SECRET_WORDS = ("secret", "password", "token", "credential", "key")
-# Schemes whose URI user name is an access key (pyarrow's S3 takes `s3://KEY:SECRET@bucket/...`).
-_USER_IS_KEY_SCHEMES = ("s3", "gs", "gcs")
-
-
-def filesystem_from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or a URI (`s3://`, `gs://`, `hdfs://`, `file://`).
-
-    Endpoints and credentials come from the standard environment of the process that opens the file
-    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ...;
-    GOOGLE_APPLICATION_CREDENTIALS) or the provider's default chain (instance profile, workload
-    identity). Never from the URI: it is logged and recorded in manifest.json, so a URI carrying a
-    secret is refused before anything is opened.
-    """
-    if "://" not in uri:
-        return pafs.FileSystem.from_uri(os.path.abspath(uri))
-    _refuse_secrets(uri)
-    return pafs.FileSystem.from_uri(uri)
-
-
-def _refuse_secrets(uri: str) -> None:
-    parts = urllib.parse.urlsplit(uri)
-    scheme = parts.scheme.lower()
-    secret_keys = [
-        k for k in urllib.parse.parse_qs(parts.query) if any(word in k.lower() for word in _SECRET_WORDS)
-    ]
-    if parts.password is not None or (parts.username and scheme in _USER_IS_KEY_SCHEMES) or secret_keys:
-        # The message names the place, never the value.
-        shown = f"{parts.scheme}://<credentials>@{parts.hostname or ''}{parts.path}"
-        raise ValueError(
-            f"{shown}: credentials in a URI end up in logs and manifest.json; give them in the environment "
-            "instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL, "
-            "GOOGLE_APPLICATION_CREDENTIALS) or use the nodes' instance role"
-        )
-
-
-def _join_uri(template_uri: str, path: str) -> str:
-    """Turn a filesystem path back into a URI of the same scheme as `template_uri`."""
-    if "://" in template_uri:
-        return template_uri.split("://", 1)[0] + "://" + path
-    return path
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    # `*` and `?` stay within one path segment; `**/` crosses any number of them (shell globstar).
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                out.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _is_data_file(path: str) -> bool:
-    name = posixpath.basename(path)
-    if name.startswith((".", "_")) or name in HF_METADATA_FILES:
-        return False
-    return name.endswith(DIRECTORY_EXTENSIONS)
-
-
-def _kind_of(path: str) -> str:
-    if path.endswith(".parquet"):
-        return "parquet"
-    if path.endswith(".arrow"):
-        return "arrow"
-    return "text"
-
-
-def discover_inputs(inputs: list[str]) -> list[InputFile]:
-    """Expand files, directories and globs into InputFiles, sorted by source.
-
-    Raises ValueError for a path that matches nothing and for two inputs that yield the same
-    `source` (their ids would collide).
-    """
-    found: dict[str, InputFile] = {}
-    for spec in inputs:
-        for item in _expand(spec):
-            if item.source in found and found[item.source].uri != item.uri:
-                raise ValueError(
-                    f"two input files have the same source name {item.source!r} "
-                    f"({found[item.source].uri} and {item.uri}); their row ids would collide. "
-                    "Pass the common parent directory once instead."
-                )
-            found[item.source] = item
-    return sorted(found.values(), key=lambda f: f.source)
-
-
-def _expand(spec: str) -> list[InputFile]:
-    if spec.startswith(HF_PREFIX):
-        name, _, split = spec[len(HF_PREFIX) :].partition(":")
-        split = split or "train"
-        return [InputFile(uri=spec, source=f"hf:{name}:{split}", kind="hf")]
-    fs, path = filesystem_from_uri(spec)
-    path = path.rstrip("/") or "/"
-    glob = _GLOB_CHARS.search(path)
-    if glob:
-        # The input root of a pattern is its non-glob directory prefix.
-        root = path[: glob.start()].rsplit("/", 1)[0] or "/"
-        regex = _glob_regex(path)
-        listing = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        paths = [i.path for i in listing if i.type == pafs.FileType.File and regex.match(i.path)]
-        paths = [p for p in paths if posixpath.basename(p) not in HF_METADATA_FILES]
-    else:
-        info = fs.get_file_info(path)
-        root = path
-        if info.type == pafs.FileType.File:
-            paths = [path]
-        elif info.type == pafs.FileType.Directory:
-            listing = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            paths = [i.path for i in listing if i.type == pafs.FileType.File and _is_data_file(i.path)]
-        else:
-            raise ValueError(f"input {spec!r} does not exist (looked for {path!r})")
-    if not paths:
-        raise ValueError(f"input {spec!r} matches no data files ({', '.join(DIRECTORY_EXTENSIONS)})")
-    parent = posixpath.dirname(root.rstrip("/"))
-    return [InputFile(uri=_join_uri(spec, p), source=_source_name(p, parent), kind=_kind_of(p)) for p in sorted(paths)]
-
-
-def _source_name(path: str, parent: str) -> str:
-    """`path` relative to the parent of the input root. Object-store paths are relative (`bucket/key`):
-    a bucket given as the root has no parent, so its rows are named `bucket/...`, as a local `/data`
-    gives `data/...` (posixpath.relpath would resolve a relative path against the driver's cwd)."""
-    if parent in ("", "/"):
-        return path.lstrip("/")
-    return posixpath.relpath(path, parent)
 
 
 # --- parsing (worker side) -------------------------------------------------------------------------
@@ -285,6 +121,8 @@ def _iter_text(stream) -> Iterator[RawRecord]:
     first = None
     try:
         for first in lines:
+            if first[0] == 0 and first[1].startswith(_BOM):
+                first = (0, first[1][len(_BOM) :])  # a UTF-8 BOM says nothing about JSON vs JSONL
             if first[1].strip():
                 break
     except _Damaged as damage:
@@ -292,8 +130,11 @@ def _iter_text(stream) -> Iterator[RawRecord]:
         return
     if first is None or not first[1].strip():
         return  # an empty file has no rows
-    if first[1].lstrip().startswith(b"["):
+    start = first[1].lstrip()
+    if start.startswith(b"["):
         yield from _iter_json_array_or_lines(first, lines)
+    elif start.startswith(b"{") and _parse_line(*first).error == schema.INVALID_JSON:
+        yield from _iter_json_object_or_lines(first, lines)
     else:
         yield from _iter_jsonl(first, lines)
 
@@ -380,25 +221,50 @@ def _parse_line(number: int, line: bytes) -> RawRecord:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return RawRecord(source_row=number, error=schema.INVALID_JSON, detail=str(exc), raw=schema.raw_excerpt(line))
+    except RecursionError:
+        return _too_deep(number, line)
     return RawRecord(source_row=number, record=record)
+
+
+def _too_deep(number: int, raw: bytes | str) -> RawRecord:
+    return RawRecord(
+        source_row=number,
+        error=schema.TOO_DEEPLY_NESTED,
+        detail=f"JSON nested deeper than Python's parser allows (recursion limit {sys.getrecursionlimit()})",
+        raw=schema.raw_excerpt(raw),
+    )
+
+
+def _buffer_lines(
+    first: tuple[int, bytes], lines: Iterator[tuple[int, bytes]], limit: float = math.inf
+) -> tuple[bytes, list[tuple[int, bytes]], bool]:
+    """The document from `first` on, as bytes, and its lines after the first; stops after `limit` bytes.
+
+    Returns (data, rest, complete): complete is False when the limit stopped it (then `lines` still holds
+    the remainder). Raises _Damaged like `lines` does."""
+    buffer = io.BytesIO()
+    buffer.write(first[1])
+    rest: list[tuple[int, bytes]] = []
+    size = len(first[1])
+    for number, line in lines:
+        buffer.write(b"\n")
+        buffer.write(line)
+        rest.append((number, line))
+        size += len(line) + 1
+        if size > limit:
+            return buffer.getvalue(), rest, False
+    return buffer.getvalue(), rest, True
 
 
 def _iter_json_array_or_lines(first: tuple[int, bytes], lines: Iterator[tuple[int, bytes]]) -> Iterator[RawRecord]:
     """A file starting with "[": a JSON array, unless its first line is a complete value (JSONL)."""
-    buffer = io.BytesIO()
-    buffer.write(first[1])
-    rest: list[tuple[int, bytes]] = []
     try:
-        for number, line in lines:
-            buffer.write(b"\n")
-            buffer.write(line)
-            rest.append((number, line))
+        data, rest, _ = _buffer_lines(first, lines)
     except _Damaged as damage:
         yield _unreadable(f"JSON array in a damaged gzip: {damage.detail}")
         return
-    data = buffer.getvalue()
     try:
-        document = json.loads(data)
+        elements = parse_json_array(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         if _parse_line(*first).error is None:
             # The first line is a whole JSON value on its own: JSON lines, one of them an array.
@@ -406,8 +272,100 @@ def _iter_json_array_or_lines(first: tuple[int, bytes], lines: Iterator[tuple[in
         else:
             yield _unreadable(f"not a valid JSON array: {exc}", raw=schema.raw_excerpt(data))
         return
-    for index, element in enumerate(document):
-        yield RawRecord(source_row=index, record=element)
+    yield from elements
+
+
+def _iter_json_object_or_lines(first: tuple[int, bytes], lines: Iterator[tuple[int, bytes]]) -> Iterator[RawRecord]:
+    """A file starting with a "{" line that is not a JSON value on its own: one pretty-printed object (one
+    row), or JSON lines whose first line is broken. Objects up to PRETTY_OBJECT_MAX_BYTES are tried whole."""
+    try:
+        data, rest, complete = _buffer_lines(first, lines, PRETTY_OBJECT_MAX_BYTES)
+    except _Damaged:
+        complete = False
+        data, rest = b"", []
+    if complete:
+        try:
+            record = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+        except RecursionError:
+            yield _too_deep(0, data)
+            return
+        else:
+            if isinstance(record, dict):
+                yield RawRecord(source_row=0, record=record)
+                return
+
+    def remaining():
+        yield from rest
+        yield from lines
+
+    yield from _iter_jsonl(first, remaining())
+
+
+# JSON's insignificant whitespace (RFC 8259), and what a scan for a value's end must look at.
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_STRUCTURE = re.compile(r'[\[\]{}"]')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_DECODER = json.JSONDecoder()
+
+
+def parse_json_array(text: str) -> list[RawRecord]:
+    """Every element of a JSON array, one RawRecord each, decoded one element at a time.
+
+    `json.loads` of the whole array would fail the whole file for one element nested too deeply for
+    Python's parser (RecursionError); decoding element by element rejects that element alone and keeps the
+    rest. Any syntax error raises json.JSONDecodeError: the array as a whole is broken.
+    """
+    pos = _JSON_SPACE.match(text, 0).end()
+    if not text.startswith("[", pos):
+        raise json.JSONDecodeError("Expecting '['", text, pos)
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    records: list[RawRecord] = []
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            index = len(records)
+            try:
+                value, end = _DECODER.raw_decode(text, pos)
+                records.append(RawRecord(source_row=index, record=value))
+            except RecursionError:
+                end = _end_of_container(text, pos)
+                records.append(_too_deep(index, text[pos:end]))
+            pos = _JSON_SPACE.match(text, end).end()
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+    if _JSON_SPACE.match(text, pos).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, pos)
+    return records
+
+
+def _end_of_container(text: str, pos: int) -> int:
+    """Where the array or object starting at `pos` ends, counting brackets outside strings (no recursion)."""
+    depth = 0
+    while True:
+        match = _STRUCTURE.search(text, pos)
+        if match is None:
+            raise json.JSONDecodeError("Unterminated array or object", text, pos)
+        char = match.group()
+        if char == '"':
+            string = _STRING.match(text, match.start())
+            if string is None:
+                raise json.JSONDecodeError("Unterminated string", text, match.start())
+            pos = string.end()
+            continue
+        depth += 1 if char in "[{" else -1
+        pos = match.end()
+        if depth <= 0:
+            if depth < 0:
+                raise json.JSONDecodeError("Unbalanced brackets", text, match.start())
+            return pos
 
 
 def _iter_hf(item: InputFile) -> Iterator[RawRecord]:
@@ -428,9 +386,12 @@ def _iter_hf(item: InputFile) -> Iterator[RawRecord]:
 
 
 def read_file_batches(item: InputFile, normalize_config, batch_rows: int = 2048) -> Iterator[pa.Table]:
-    """Read one input file and normalize every row: WORK_SCHEMA tables of up to `batch_rows` rows."""
-    from operators.normalize import normalize_record
+    """Read one input file and normalize every row: WORK_SCHEMA tables of up to `batch_rows` rows.
 
+    Any exception while normalizing one row makes that row rejected (`row_error`, the exception in
+    `detail`); a row that cannot be written as UTF-8 is rejected `invalid_unicode`. An exception of the
+    file itself (it cannot be opened) stops the job with one line naming the file and the last row read.
+    """
     columns: dict[str, list] = {field.name: [] for field in schema.WORK_SCHEMA}
 
     def flush() -> pa.Table:
@@ -439,41 +400,75 @@ def read_file_batches(item: InputFile, normalize_config, batch_rows: int = 2048)
             values.clear()
         return table
 
-    for raw in iter_records(item):
-        if raw.error is None:
-            result = normalize_record(raw.record, normalize_config)
-            status, reason, detail, messages = result.status, result.reason, result.detail, result.messages
-            excerpt = _excerpt_of(raw.record) if status == schema.REJECTED else None
-        else:
-            status, reason, detail, messages, excerpt = schema.REJECTED, raw.error, raw.detail, None, raw.raw
-        if status != schema.KEPT:
-            logger.debug("%s:%d %s %s", item.source, raw.source_row, reason, detail)
-        row = dict.fromkeys(columns)
-        row.update(
-            {
-                schema.ID: schema.row_id(item.source, raw.source_row),
-                schema.SOURCE: item.source,
-                schema.SOURCE_ROW: raw.source_row,
-                schema.STATUS: status,
-                schema.REASON: reason,
-                schema.DETAIL: detail,
-                schema.MESSAGES: messages,
-                schema.RAW: excerpt,
-            }
-        )
-        for name, value in row.items():
-            columns[name].append(value)
-        if len(columns[schema.ID]) >= batch_rows:
-            yield flush()
+    last_row = None
+    try:
+        for raw in iter_records(item):
+            last_row = raw.source_row
+            row = _row_of(item, raw, normalize_config)
+            for name, value in row.items():
+                columns[name].append(value)
+            if len(columns[schema.ID]) >= batch_rows:
+                yield flush()
+    except InputFault:
+        raise
+    except Exception as exc:
+        where = "before its first row" if last_row is None else f"after row {last_row}"
+        raise InputFault(f"input {item.source} ({item.uri}), {where}: {type(exc).__name__}: {exc}") from exc
     if columns[schema.ID]:
         yield flush()
+
+
+class InputFault(RuntimeError):
+    """A fault of an input file as a whole (not of one row): the job stops, naming the file."""
+
+
+def _row_of(item: InputFile, raw: RawRecord, normalize_config) -> dict[str, Any]:
+    """One WORK_SCHEMA row for one record read: normalized, or rejected with its reason."""
+    from operators.normalize import normalize_record
+
+    messages = excerpt = None
+    if raw.error is not None:
+        status, reason, detail, excerpt = schema.REJECTED, raw.error, raw.detail, raw.raw
+    else:
+        try:
+            result = normalize_record(raw.record, normalize_config)
+            status, reason, detail, messages = result.status, result.reason, result.detail, result.messages
+            unencodable = schema.unencodable_message(messages)
+            if unencodable is not None:
+                status, reason, detail, messages = schema.REJECTED, schema.INVALID_UNICODE, unencodable, None
+        except Exception as exc:  # noqa: BLE001 - one row's fault becomes that row's rejection, with its message
+            logger.debug("%s:%d normalize raised", item.source, raw.source_row, exc_info=True)
+            status, reason, detail = schema.REJECTED, schema.ROW_ERROR, f"normalize: {type(exc).__name__}: {exc}"
+        if status == schema.REJECTED:
+            excerpt = _excerpt_of(raw.record)
+    if status != schema.KEPT:
+        logger.debug("%s:%d %s %s", item.source, raw.source_row, reason, detail)
+    return {
+        schema.ID: schema.row_id(item.source, raw.source_row),
+        schema.SOURCE: item.source,
+        schema.SOURCE_ROW: raw.source_row,
+        schema.STATUS: status,
+        schema.REASON: reason,
+        schema.DETAIL: schema.utf8_safe(detail),
+        schema.MESSAGES: messages,
+        schema.RAW: schema.utf8_safe(excerpt),
+        **{name: None for name in _FILLED_LATER},
+    }
+
+
+_FILLED_LATER = (
+    schema.TEXT, schema.NUM_TOKENS, schema.PROMPT_TOKENS, schema.RESPONSE_TOKENS, schema.DUPLICATE_OF, schema.SIMILARITY
+)
 
 
 def _excerpt_of(record: Any) -> str:
     try:
         return schema.raw_excerpt(json.dumps(record, ensure_ascii=False, default=str))
-    except (TypeError, ValueError):
-        return schema.raw_excerpt(repr(record))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            return schema.raw_excerpt(repr(record))
+        except RecursionError:
+            return f"<a {type(record).__name__} nested too deeply to show>"
 
 
 def input_file_to_dict(item: InputFile) -> dict:

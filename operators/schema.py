@@ -71,6 +71,9 @@ UNKNOWN_FORMAT = "unknown_format"  # an object of no known conversation format
 MALFORMED_CONVERSATION = "malformed_conversation"  # known format, wrong types inside (message not an object, ...)
 UNREADABLE_FILE = "unreadable_file"  # a file that cannot be parsed at all (source_row = -1)
 TRUNCATED_FILE = "truncated_file"  # a damaged .gz: the lines before the damage are kept
+TOO_DEEPLY_NESTED = "too_deeply_nested"  # JSON nested deeper than the parser's recursion limit
+INVALID_UNICODE = "invalid_unicode"  # a lone surrogate escape ("\ud800"): valid JSON, not encodable as UTF-8
+ROW_ERROR = "row_error"  # any other exception while normalizing, templating or tokenizing this one row
 
 REJECTION_ERRORS = (
     INVALID_JSON,
@@ -79,6 +82,9 @@ REJECTION_ERRORS = (
     MALFORMED_CONVERSATION,
     UNREADABLE_FILE,
     TRUNCATED_FILE,
+    TOO_DEEPLY_NESTED,
+    INVALID_UNICODE,
+    ROW_ERROR,
 )
 
 # Canonical roles; anything else is mapped or removed by normalize.
@@ -160,4 +166,29 @@ def raw_excerpt(raw: str | bytes | None) -> str | None:
         return None
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    return raw[:RAW_EXCERPT_CHARS]
+    return utf8_safe(raw[:RAW_EXCERPT_CHARS])
+
+
+def utf8_safe(text: str | None) -> str | None:
+    """`text` unchanged, or with lone surrogates written as `\\udXXX` escapes: Arrow strings must be UTF-8,
+    and one unencodable detail or excerpt would otherwise fail the whole batch it travels in."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def unencodable_message(messages) -> str | None:
+    """Why `messages` cannot be written as UTF-8 (a lone surrogate), or None when every string can."""
+    for index, message in enumerate(messages or ()):
+        for key, value in message.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    bad = value[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+                    return f"message {index} {key} holds a lone surrogate {bad} at character {exc.start}, not valid UTF-8"
+    return None

@@ -12,6 +12,7 @@ from sentencepiece / mistral_common.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -208,7 +209,10 @@ class Rendered:
     num_tokens: list[int | None] = field(default_factory=list)
     prompt_tokens: list[int | None] = field(default_factory=list)
     response_tokens: list[int | None] = field(default_factory=list)
-    error: list[str | None] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)  # the template raised: a template_error removal
+    # Anything else raised while rendering or encoding this one row (a bug or a pathological value the
+    # template or tokenizer cannot take): the row is rejected `row_error`, the batch goes on.
+    failure: list[str | None] = field(default_factory=list)
 
 
 def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]]) -> Rendered:
@@ -227,7 +231,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
     import jinja2
 
     n = len(conversations)
-    result = Rendered(*([None] * n for _ in range(5)))
+    result = Rendered(*([None] * n for _ in range(6)))
     if n == 0:
         return result
     template = _template_of(tokenizer)
@@ -249,14 +253,36 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
         except jinja2.TemplateError as error:  # raise_exception(...) in the template: this row's data fault
             result.error[i] = str(error) or type(error).__name__
             continue
+        except Exception as error:  # noqa: BLE001 - this row alone fails (see Rendered.failure)
+            result.text[i] = None
+            result.failure[i] = f"template: {type(error).__name__}: {error}"
+            continue
         ok.append(i)
-    encodings = _backend(tokenizer).encode_batch([result.text[i] for i in ok], add_special_tokens=False)
+    ok, encodings = _encode_each_row_alone_on_failure(_backend(tokenizer), result, ok)
     for i, encoding in zip(ok, encodings):
         result.num_tokens[i] = total = len(encoding)
         if with_spans:
             result.response_tokens[i] = response = _count_span_tokens(encoding, spans[i], total)
             result.prompt_tokens[i] = total - response
     return result
+
+
+def _encode_each_row_alone_on_failure(backend, result: Rendered, rows: list[int]) -> tuple[list[int], list]:
+    """One batched Rust call for speed; if it raises, each row again alone, so only the culprit fails."""
+    try:
+        return rows, backend.encode_batch([result.text[i] for i in rows], add_special_tokens=False)
+    except Exception:  # noqa: BLE001 - retried row by row just below, where a failure is that row's
+        logger.warning("batched encoding of %d rows raised; encoding them one by one", len(rows), exc_info=True)
+    encoded_rows, encodings = [], []
+    for i in rows:
+        try:
+            encodings.append(backend.encode(result.text[i], add_special_tokens=False))
+        except Exception as error:  # noqa: BLE001
+            result.text[i] = None
+            result.failure[i] = f"tokenizer: {type(error).__name__}: {error}"
+            continue
+        encoded_rows.append(i)
+    return encoded_rows, encodings
 
 
 def _render_with_spans(compiled, messages, variables) -> tuple[str, list[tuple[int, int]]]:
@@ -367,6 +393,9 @@ def tokenize_table(batch: pa.Table, tokenizer, specials: Sequence[str] | None = 
     for j, error in enumerate(rendered.error):
         if error is not None:
             removals[int(rows[j])] = (schema.TEMPLATE_ERROR, error)
+    for j, failure in enumerate(rendered.failure):
+        if failure is not None:
+            removals[int(rows[j])] = (schema.ROW_ERROR, schema.utf8_safe(failure))
 
     columns = {name: batch.column(name) for name in schema.WORK_SCHEMA.names}
     # Rendered values go to the rendered rows (None where the template raised); other rows keep theirs.
@@ -386,9 +415,16 @@ def tokenize_table(batch: pa.Table, tokenizer, specials: Sequence[str] | None = 
         # Few rows are removed here, so plain lists are cheap.
         status, reason, detail = (batch.column(name).to_pylist() for name in _DECISION)
         for row, (why, text) in removals.items():
-            status[row], reason[row], detail[row] = schema.REMOVED, why, text
+            outcome = schema.REJECTED if why in schema.REJECTION_ERRORS else schema.REMOVED
+            status[row], reason[row], detail[row] = outcome, why, text
         for name, values in zip(_DECISION, (status, reason, detail)):
             columns[name] = pa.array(values, type=pa.string())
+        failed = [row for row, (why, _) in removals.items() if why == schema.ROW_ERROR]
+        if failed:  # a rejected row carries an excerpt of what it was
+            raw = batch.column(schema.RAW).to_pylist()
+            for row in failed:
+                raw[row] = schema.raw_excerpt(json.dumps(messages[row].as_py(), ensure_ascii=False))
+            columns[schema.RAW] = pa.array(raw, type=pa.string())
     return pa.Table.from_arrays([columns[name] for name in schema.WORK_SCHEMA.names], schema=schema.WORK_SCHEMA)
 
 

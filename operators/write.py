@@ -24,11 +24,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from operators.read import filesystem_from_uri
+from operators.discover import filesystem_from_uri
 
 logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
+LOCK = "_LOCK"  # held while a job writes the output (jobs/lock.py)
 MANIFEST = "manifest.json"
 WORK_DIR = "_work"
 DATA_DIR, REMOVED_DIR, REJECTED_DIR = "data", "removed", "rejected"
@@ -49,13 +50,18 @@ class Output:
     under it, `create_dir` writes a marker object, `delete_dir` deletes every object under the prefix.
     An object becomes visible only when its stream is closed, so a name never holds a partial file; a
     failed attempt leaves whole files under final names, which step 1 deletes. Credentials come from
-    the environment of each process, never from the URI (operators.read.filesystem_from_uri).
+    the environment of each process, never from the URI (operators.discover.filesystem_from_uri).
     """
 
     def __init__(self, uri: str):
         self.uri = uri if "://" in uri else os.path.abspath(uri)
         self.fs, self.path = filesystem_from_uri(self.uri)
         self.path = self.path.rstrip("/")
+
+    @property
+    def name(self) -> str:
+        """The output's own name (its last path component), for pages that leave this machine."""
+        return posixpath.basename(self.path) or self.uri
 
     def child_uri(self, *parts: str) -> str:
         joined = posixpath.join(self.path, *parts)
@@ -67,16 +73,15 @@ class Output:
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.child_path(*parts)).type != pafs.FileType.NotFound
 
-    def prepare(self, overwrite: bool) -> None:
-        """Step 1 of the commit protocol."""
+    def check(self, overwrite: bool) -> set[str] | None:
+        """Step 1's refusals, reading only: the names at the top of the output, or None where none exists."""
         info = self.fs.get_file_info(self.path)
         if info.type == pafs.FileType.File:
             raise OutputExistsError(f"output {self.uri} is a file; give a directory or prefix")
         if info.type == pafs.FileType.NotFound:
-            self.fs.create_dir(self.path, recursive=True)
-            return
+            return None
         entries = {posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.path))}
-        foreign = entries - set(LAYOUT) - {WORK_DIR}
+        foreign = {e for e in entries - set(LAYOUT) - {WORK_DIR, LOCK} if not e.startswith(LOCK + ".stale-")}
         if foreign:
             raise OutputExistsError(
                 f"output {self.uri} holds files chatsieve did not write ({', '.join(sorted(foreign)[:5])}); "
@@ -86,6 +91,14 @@ class Output:
             raise OutputExistsError(
                 f"output {self.uri} already holds a complete result (_SUCCESS); pass --overwrite to replace it"
             )
+        return entries
+
+    def prepare(self, overwrite: bool) -> None:
+        """Step 1 of the commit protocol (run while holding the output's lock, jobs/lock.py)."""
+        entries = self.check(overwrite)
+        if entries is None:
+            self.fs.create_dir(self.path, recursive=True)
+            return
         if entries & set(LAYOUT):
             logger.info("removing %s from %s", ", ".join(sorted(entries & set(LAYOUT))), self.uri)
         # _SUCCESS first: from here on the output is visibly incomplete.

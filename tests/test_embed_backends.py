@@ -109,19 +109,11 @@ def test_flags_reach_the_config():
 
 
 def test_vectors_cache_key_names_the_runtime_that_runs():
-    import dataclasses
-
-    from jobs.dedup import CandidatePlan, vectors_key
-
-    plan = CandidatePlan(
-        ids=pa.array(["a"]), group_rep=np.array([0]), rep_ids=pa.array(["a"]), rep_index=np.array([0]),
-        text_sha1=pa.array(["0" * 40]),
-    )
-    base = PrepareConfig()
+    from jobs.vectors import settings_key
 
     def key(device: str, backend: str, quantize: str | None = None) -> str:
-        config = dataclasses.replace(base, embed=EmbedConfig(backend=backend, quantize=quantize))
-        return vectors_key(config, plan, config.embed.runtime(device))
+        embed = EmbedConfig(backend=backend, quantize=quantize)
+        return settings_key(embed, embed.runtime(device))
 
     cpu = {key("cpu", backend, quantize) for backend, quantize in
            (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None))}
@@ -130,3 +122,5 @@ def test_vectors_cache_key_names_the_runtime_that_runs():
     gpu = {key("cuda", backend, quantize) for backend, quantize in
            (("auto", None), ("torch", None), ("onnx", None), ("openvino", None))}
     assert len(gpu) == 1 and not gpu & cpu
+    # The window settings and the embedder are part of the key too.
+    assert settings_key(EmbedConfig(max_tokens=256), "torch-fp32") != settings_key(EmbedConfig(), "torch-fp32")

@@ -32,7 +32,8 @@ from jobs import prepare  # noqa: E402
 from jobs.config import PrepareConfig  # noqa: E402
 from jobs.sample import SampleConfig, write_sample  # noqa: E402
 from operators import schema  # noqa: E402
-from operators.read import InputFile, discover_inputs, iter_records  # noqa: E402
+from operators.discover import InputFile, discover_inputs  # noqa: E402
+from operators.read import iter_records  # noqa: E402
 from operators.write import LAYOUT, WORK_DIR, Output, OutputExistsError  # noqa: E402
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from operators import schema
 from operators.normalize import NormalizeConfig
-from operators.read import discover_inputs, iter_records, read_file_batches
+from operators.discover import discover_inputs
+from operators.read import iter_records, read_file_batches
 
 CONV = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
