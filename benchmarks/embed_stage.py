@@ -27,7 +27,7 @@ order) and of the best times. The process CPU-time ratio is recorded too: on a s
 swings, it is far steadier than wall time (it does count OpenMP spin-waiting, which contention inflates).
 
 Numerics: for rows `Embed` embeds as one window, its vector must be the raw encode vector up to batch
-composition effects (NOTES.md: ~5e-7 in cosine). Reported: max |1 - cos(embed_i, raw_i)| on single-window rows
+composition effects (docs/notes.md: ~5e-7 in cosine). Reported: max |1 - cos(embed_i, raw_i)| on single-window rows
 (and on all rows, where multi-window rows differ by design), and the max |delta| of the pairwise cosine
 matrix (embed vs raw) over single-window rows - what the near-duplicate threshold sees.
 

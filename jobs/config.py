@@ -45,7 +45,7 @@ KEEP_RULES = ("first", "longest", "none")
 class DedupConfig:
     enabled: bool = True
     dedup_on: str = "conversation"
-    # 0.95 cosine is the tutorial's near-duplicate threshold (ARCHITECTURE.md).
+    # 0.95 cosine is the tutorial's near-duplicate threshold (docs/architecture.md).
     threshold: float = 0.95
     # Pairs down to this similarity are recorded (neighbors/) so `rethreshold` can move the threshold
     # down without embedding again; None means threshold - 0.05.

@@ -1,7 +1,7 @@
 """Near-duplicate removal, the driver side: exact dedup -> embed (actor pool) -> vectors checkpoint ->
 sharded index -> cross-shard search -> keep rule -> decisions.
 
-What the driver holds (ARCHITECTURE.md, "Resources"): for every kept row its id, exact key and priority
+What the driver holds (docs/architecture.md, "Resources"): for every kept row its id, exact key and priority
 columns (about 100 bytes a row), the representatives' ids, and the pair list. Texts and vectors stay
 in Ray's object store and in `_work/` (candidates/, vectors/<key>/), streamed in batches.
 """
@@ -43,7 +43,7 @@ CANDIDATES_DIR = "candidates"
 EXPORTS_DIR = "embedder"  # exported ONNX models (operators/embed_backends.py)
 SEARCH_BATCH = 8192
 # Pairs this close to the threshold may decide differently between runs whose vectors differ in the
-# last bits (batch composition, NOTES.md); the manifest counts them.
+# last bits (batch composition, docs/notes.md); the manifest counts them.
 NEAR_THRESHOLD = 1e-6
 RECALL_SAMPLE = 1000
 NEIGHBOR_SHARD_ROWS = 1_000_000

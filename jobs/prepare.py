@@ -168,8 +168,8 @@ def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, tim
         rows,
         timings,
         decisions=decisions,
-        # Sources only: a file's absolute path on the submitting machine is not the dataset's business.
-        extra={"inputs": [{"source": f.source} for f in inputs]},
+        # Object-store URIs, but no absolute path of the submitting machine: the source names the file.
+        extra={"inputs": [{"source": f.source, **({"uri": f.uri} if "://" in f.uri else {})} for f in inputs]},
     )
     manifest["inputs_skipped"] = discovery.skipped
     manifest["dedup"] = dedup_manifest

@@ -2,7 +2,7 @@
 `rethreshold`, or with another --scale); `chatsieve inspect OUT` prints its summary in the terminal.
 `write_report` is also what the prepare job calls before it writes `_SUCCESS`.
 
-What is read, and how much of it (ARCHITECTURE.md, "Big data"): manifest.json (the counts and the token
+What is read, and how much of it (docs/architecture.md, "Big data"): manifest.json (the counts and the token
 histograms, binned from exact counts by operators/report.py); neighbors/best, one float column streamed
 batch by batch into fixed bins; removed/, four narrow columns streamed while keeping only the
 PAIRS_SHOWN lowest and highest similarities; then data/ and removed/ filtered on at most 4 x PAIRS_SHOWN

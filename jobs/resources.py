@@ -1,6 +1,6 @@
 """How many actors each stage gets, and how many CPUs each may reserve, from the cluster's resources.
 
-The 2-core deadlock (NOTES.md): read and write tasks need CPUs too. If the actor pools reserve every
+The 2-core deadlock (docs/notes.md): read and write tasks need CPUs too. If the actor pools reserve every
 CPU, the read never schedules and the job sits silently until Ray's no-progress timeout. So actors
 share what is left after a fixed reserve for the I/O tasks.
 """
@@ -87,7 +87,7 @@ def largest_node_cpus() -> float:
 
 
 def plan_index_cpus(cluster_cpus: float, shards: int, requested: float | None) -> float:
-    """CPUs each index shard actor reserves: fractional, so 4 shards fit on 2 cores (NOTES.md)."""
+    """CPUs each index shard actor reserves: fractional, so 4 shards fit on 2 cores (docs/notes.md)."""
     if requested is not None:
         return requested
     return _floor_unit(min(1.0, (cluster_cpus - IO_RESERVE_CPUS) / shards))

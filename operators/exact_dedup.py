@@ -1,8 +1,8 @@
 """Exact dedup: the dedup text of a row, its normalized key, and the exact-duplicate groups.
 
 Runs before embedding: it is cheap, it shrinks what the GPU/CPU must embed, and ANN indexes degrade
-on many identical vectors (NOTES.md). The key is NFKC + casefold + collapsed whitespace
-(ARCHITECTURE.md), so copies that differ only in case, spacing or Unicode form are caught here.
+on many identical vectors (docs/notes.md). The key is NFKC + casefold + collapsed whitespace
+(docs/architecture.md), so copies that differ only in case, spacing or Unicode form are caught here.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def candidates(batch: pa.Table, dedup_on: str) -> pa.Table:
 
 
 def priority_order(table: pa.Table, keep: str) -> np.ndarray:
-    """Indices of `table` in priority order (ARCHITECTURE.md, "Priority").
+    """Indices of `table` in priority order (docs/architecture.md, "Priority").
 
     `first` and `none`: (source, source_row); `longest`: (-response_tokens, source, source_row).
     """

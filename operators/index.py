@@ -1,6 +1,6 @@
 """Sharded index and cross-shard search: every row against every shard -> pairs >= record threshold.
 
-ARCHITECTURE.md, "Near-duplicate semantics" and "Same input, same output". Rows are identified by their
+docs/architecture.md, "Near-duplicate semantics" and "Same input, same output". Rows are identified by their
 **rank** (0..n-1, keep priority, 0 first); vectors are L2-normalized float32 `[n, d]`. Shard `s` of `S`
 holds the rows with `rank % S == s`. Every query is searched against every shard, and a shard reports only
 the pairs whose query rank is the lower one, so each pair `(a, b)`, `a < b`, is found exactly once.
@@ -13,7 +13,7 @@ Why the results do not depend on sharding or batching (the contract, tested exac
   float64, their float64 sum is rounded once to float32. The value depends only on the two vectors.
 * FAISS is used only to find candidates, with a safety `margin` below the record threshold
   (`_margin(d)` >= 2x the worst-case float32 error of a d-term dot product of unit vectors, d * 2**-24),
-  and the candidates are filtered on the recomputed value with exactly `>=` (NOTES.md: FAISS range search
+  and the candidates are filtered on the recomputed value with exactly `>=` (docs/notes.md: FAISS range search
   is strict `>`, which the margin makes irrelevant). So the pairs are exactly "all pairs whose recomputed
   similarity is >= record_threshold", whatever FAISS's own rounding did.
 * Work per query is bounded by k-NN with `k = max_neighbors + 1` (the query itself may be one of them).
@@ -25,11 +25,11 @@ Why the results do not depend on sharding or batching (the contract, tested exac
 * IVF: the coarse assignment (which list a vector goes to, which lists a query probes) is a near-tie
   decision as well, so we make it ourselves (`_Centroids`): float32 scores from numpy, the close calls
   re-decided with `pair_similarity`, ties to the lower list id, then FAISS's preassigned add/search. All
-  shards share one trained quantizer (NOTES.md), so they partition the space identically and an IVF search
+  shards share one trained quantizer (docs/notes.md), so they partition the space identically and an IVF search
   over S shards probes exactly the vectors one index would.
 
 GPU (`IndexConfig.gpu`, flat only): the k-NN pass runs on a GPU copy of the shard (k <= 2048 there);
-GPU flat indexes have no range search (NOTES.md), so the re-search of the queries that hit the bound runs
+GPU flat indexes have no range search (docs/notes.md), so the re-search of the queries that hit the bound runs
 on the CPU index, as `faiss.contrib.exhaustive_search.range_search_gpu` does. Not exercised by the tests
 (no faiss-gpu on the test machines).
 """
@@ -50,7 +50,7 @@ from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, s
 logger = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf")
-# GPU k-NN returns at most 2048 results per query (NOTES.md, "FAISS").
+# GPU k-NN returns at most 2048 results per query (docs/notes.md, "FAISS").
 GPU_MAX_K = 2048
 # Queries per FAISS call in `search_in_process`: far above FAISS's BLAS switch (20 queries) and small
 # enough that the k-NN result matrices stay a few MB.
@@ -166,7 +166,7 @@ def _check_batch(ranks: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.n
     if vectors.ndim != 2 or vectors.shape != (len(ranks), dim):
         raise ValueError(f"vectors must have shape ({len(ranks)}, {dim}), got {vectors.shape}")
     if vectors.dtype != np.float32:
-        raise ValueError(f"vectors must be float32 (compared in float32, ARCHITECTURE.md), got {vectors.dtype}")
+        raise ValueError(f"vectors must be float32 (compared in float32, docs/architecture.md), got {vectors.dtype}")
     if len(ranks) and ranks.min() < 0:
         raise ValueError("ranks must be >= 0")
     if len(vectors):
@@ -277,7 +277,7 @@ class _Centroids:
 def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
     """Train an empty IndexIVFFlat (inner product, spherical k-means) on `sample`; faiss.serialize_index bytes.
 
-    Trained once and shared by every shard (NOTES.md), so all shards partition the space identically.
+    Trained once and shared by every shard (docs/notes.md), so all shards partition the space identically.
     """
     if len(sample) == 0:
         raise ValueError("the IVF training sample is empty")
@@ -305,7 +305,7 @@ class IndexShard:
 
     A plain class (the Ray job wraps it with `ray.remote`). `add` may receive whole batches: the shard keeps
     its own rows. `omp_threads`: None leaves FAISS's thread count alone; 0 means this node's cores / shards
-    (Ray sets OMP_NUM_THREADS=1 for fractional actors, NOTES.md); > 0 is used as given.
+    (Ray sets OMP_NUM_THREADS=1 for fractional actors, docs/notes.md); > 0 is used as given.
     """
 
     def __init__(
@@ -401,7 +401,7 @@ class IndexShard:
         return self._index.search(q, k)
 
     def _range(self, q: np.ndarray, radius: float, probes: np.ndarray | None):
-        # Always the CPU index: GPU flat has no range search (NOTES.md).
+        # Always the CPU index: GPU flat has no range search (docs/notes.md).
         if probes is not None:
             return range_search_preassigned(self._index, q, float(radius), probes)
         return self._index.range_search(q, float(radius))
@@ -581,14 +581,14 @@ def search_with_ray(
     quantizer does not depend on batching). Each batch is `ray.put` once and sent to every shard, which
     keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
     that (plus the pair list). `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
-    schedule on 2 cores, NOTES.md); `omp_threads` as in IndexShard (0: node cores / shards).
+    schedule on 2 cores, docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
     """
     import ray
 
     if "num_cpus" not in actor_options:
         raise ValueError(
             "actor_options must set num_cpus (e.g. 0.25): Ray's default reserves 1 CPU per actor and "
-            "S shard actors would not schedule on a small node (NOTES.md, 'Ray Data 2.60')"
+            "S shard actors would not schedule on a small node (docs/notes.md, 'Ray Data 2.60')"
         )
     t = _check_threshold(record_threshold, "record_threshold")
     started = time.perf_counter()

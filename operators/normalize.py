@@ -1,4 +1,4 @@
-"""Normalize one parsed record into canonical chat messages (ARCHITECTURE.md, "Normalization rules").
+"""Normalize one parsed record into canonical chat messages (docs/architecture.md, "Normalization rules").
 
 Input: one parsed JSON object (a JSONL line, a JSON array element, a Parquet row). Output: a
 `Normalized` that is KEPT with `[{"role", "content"}]` messages (roles system/user/assistant only),

@@ -1,11 +1,11 @@
 """Read stage: parse input files one physical row at a time (operators/discover.py finds and names them).
 
 Why not `ray.data.read_json`: one malformed line fails the whole file and it gives no line numbers
-(NOTES.md). Here each Ray task owns one file, streams it through a pyarrow filesystem (local paths
+(docs/notes.md). Here each Ray task owns one file, streams it through a pyarrow filesystem (local paths
 and object-store URIs alike), and yields one record per physical row with its exact `source_row`,
 so one bad line is rejected alone and every row read is accounted for.
 
-What counts as a row read (ARCHITECTURE.md, "Identity and accounting"): non-blank JSONL lines,
+What counts as a row read (docs/architecture.md, "Identity and accounting"): non-blank JSONL lines,
 JSON array elements, Parquet / Arrow rows. A file that cannot be parsed at all is one rejected row
 with `source_row = -1`; a truncated `.gz` keeps the lines before the damage plus one rejected row.
 """

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from operators import schema
 
-# Which stage decides each reason: the funnel in manifest.json follows the flow of ARCHITECTURE.md.
+# Which stage decides each reason: the funnel in manifest.json follows the flow of docs/architecture.md.
 STAGE_OF_REASON = {
     **{error: "read" for error in schema.REJECTION_ERRORS},
     schema.EMPTY_CONVERSATION: "normalize",
@@ -203,7 +203,7 @@ class SimilarityHistogram:
         missing = np.isnan(values)
         self.no_neighbor += int(missing.sum())
         # Compared in float32 like the keep rule (`similarity >= float32(threshold)`), so a row exactly
-        # at the threshold lands in the bin that starts there. Values a hair over 1 (NOTES.md) and
+        # at the threshold lands in the bin that starts there. Values a hair over 1 (docs/notes.md) and
         # exactly 1 (exact copies) go to the last bin.
         edges = self.edges().astype(np.float32)
         index = np.searchsorted(edges, values[~missing], side="right") - 1

@@ -1,6 +1,6 @@
 """Resolve: the keep rule on the similarity graph -> which rows stay, and whom each removed row duplicates.
 
-ARCHITECTURE.md, "Near-duplicate semantics". Rows are identified by rank (0 = highest keep priority); the
+docs/architecture.md, "Near-duplicate semantics". Rows are identified by rank (0 = highest keep priority); the
 graph's edges are the pairs `(a, b, sim)` from the index, `a < b`, recorded down to the record threshold.
 Only pairs with `sim >= threshold` are edges here; both sides are float32 (`np.float32(threshold)`), so
 "near-duplicate" means exactly what the index filtered on.

@@ -1,6 +1,6 @@
 """Column names, row statuses, reason codes and Arrow schemas shared by every stage.
 
-This module is the code side of ARCHITECTURE.md's "Canonical row" and "Output layout": stages
+This module is the code side of docs/architecture.md's "Canonical row" and "Output layout": stages
 import names from here instead of spelling strings, so a renamed column breaks loudly.
 """
 
@@ -117,7 +117,7 @@ WORK_SCHEMA = pa.schema(
     ]
 )
 
-# --- output files (ARCHITECTURE.md, "Output layout") ----------------------------------------------
+# --- output files (docs/architecture.md, "Output layout") ----------------------------------------------
 DATA_SCHEMA = pa.schema(
     [
         pa.field(ID, pa.string()),
@@ -157,7 +157,7 @@ REJECTED_SCHEMA = pa.schema(
 
 
 def row_id(source: str, source_row: int) -> str:
-    """First 16 hex digits of sha1(source + "\\0" + source_row) (ARCHITECTURE.md, "Identity")."""
+    """First 16 hex digits of sha1(source + "\\0" + source_row) (docs/architecture.md, "Identity")."""
     return hashlib.sha1(f"{source}\0{source_row}".encode()).hexdigest()[:16]
 
 

@@ -1,11 +1,11 @@
 """Tokenize stage: render the chat template once into `text` and count its tokens.
 
-ARCHITECTURE.md, "The flow" and "Canonical row": `text` is exactly what a trainer tokenizes (it holds
+docs/architecture.md, "The flow" and "Canonical row": `text` is exactly what a trainer tokenizes (it holds
 BOS/EOS); `num_tokens` counts `text` with `add_special_tokens=False`; `response_tokens` are the tokens the
 template's `{% generation %}` blocks mark (assistant content + EOS); `prompt_tokens` are the rest.
 
 The offline default is Mistral-7B-Instruct-v0.1's tokenizer, rebuilt from the sentencepiece model that
-mistral-common ships. NOTES.md ("Offline models") explains why the BPE merges must be ordered by piece
+mistral-common ships. docs/notes.md ("Offline models") explains why the BPE merges must be ordered by piece
 score: transformers' own loader orders them by id, and every run of spaces then tokenizes differently
 from sentencepiece / mistral_common.
 """
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOKENIZER = "mistral-7b-v0.1"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 MISTRAL_V01_TEMPLATE = TEMPLATES_DIR / "mistral_v0.1.jinja"
-# The Mistral-7B v0.1 sentencepiece model inside the mistral-common package (NOTES.md, "Offline models").
+# The Mistral-7B v0.1 sentencepiece model inside the mistral-common package (docs/notes.md, "Offline models").
 MISTRAL_V1_MODEL_FILE = "tokenizer.model.v1"
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -54,7 +54,7 @@ def build_default_tokenizer():
     """Mistral-7B-Instruct-v0.1's tokenizer as a transformers fast tokenizer, with no network.
 
     Vocabulary and scores come from the sentencepiece model proto; the BPE merges are generated from
-    them ordered by *score*, which is the order sentencepiece applies them in (NOTES.md: ordering by id
+    them ordered by *score*, which is the order sentencepiece applies them in (docs/notes.md: ordering by id
     mis-tokenizes every run of spaces). `legacy=False` keeps a "▁" from being added after special tokens,
     which is why the template's leading spaces matter. It adds no BOS/EOS by itself: `text` already holds
     them, so `tokenizer(text)` and `tokenizer(text, add_special_tokens=False)` give the same ids.
@@ -147,7 +147,7 @@ def load_tokenizer(config: TokenizerConfig):
         if path.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         else:
-            # A hub name: may download. This is the user's explicit choice (ARCHITECTURE.md, "Defaults that
+            # A hub name: may download. This is the user's explicit choice (docs/architecture.md, "Defaults that
             # work offline"); with HF_HUB_OFFLINE=1 it only reads the local cache.
             tokenizer = AutoTokenizer.from_pretrained(config.name_or_path)
     if config.chat_template is not None:

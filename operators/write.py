@@ -1,4 +1,4 @@
-"""Write stage: the output layout of ARCHITECTURE.md, committed so a partial output is never mistaken
+"""Write stage: the output layout of docs/architecture.md, committed so a partial output is never mistaken
 for a complete one.
 
 Commit protocol (the same on local disks and object stores, which have no atomic rename):
@@ -182,7 +182,7 @@ def read_checkpoint(
     """A Ray dataset over a checkpoint directory, read by fractional-CPU tasks.
 
     Why not `ray.data.read_parquet`: in Ray 2.60 it adds a ListFiles task that reserves a whole CPU,
-    which never schedules next to actor pools holding the rest of a 2-core machine (NOTES.md's deadlock).
+    which never schedules next to actor pools holding the rest of a 2-core machine (docs/notes.md's deadlock).
     """
     files = list_parquet(output, *parts)
     if not files:

@@ -14,7 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# A hang (e.g. the 2-core scheduling deadlock of NOTES.md) must fail a test in seconds, not 30 minutes.
+# A hang (e.g. the 2-core scheduling deadlock of docs/notes.md) must fail a test in seconds, not 30 minutes.
 NO_PROGRESS_TIMEOUT_S = 300
 
 

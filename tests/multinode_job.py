@@ -2,7 +2,7 @@
 
 Used by tests/test_cluster_multinode.py in a subprocess (a process joins one Ray cluster, and the
 test session already holds a local one). The head has no CPUs; two workers have one CPU each, so the
-logical CPUs never exceed the machine's two (NOTES.md) and every actor pool must span both workers.
+logical CPUs never exceed the machine's two (docs/notes.md) and every actor pool must span both workers.
 """
 
 from __future__ import annotations

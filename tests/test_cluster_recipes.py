@@ -113,7 +113,7 @@ def test_dockerfile_pins_ray_installs_torch_first_and_the_gpu_extra():
     assert torch < project
     assert torch == min(i for i, line in enumerate(run_lines) if "pip install" in line and "--upgrade pip" not in line)
     installs = " ".join(line for line in run_lines if "pip install" in line)
-    assert "faiss-cpu" not in installs and ".[cpu" not in installs  # one faiss per environment (NOTES.md)
+    assert "faiss-cpu" not in installs and ".[cpu" not in installs  # one faiss per environment (docs/notes.md)
     # What `pip install .` needs is copied before it.
     for needed in ("pyproject.toml", "README.md", "jobs/", "operators/"):
         assert re.search(rf"^COPY .*{re.escape(needed)}", text, re.MULTILINE), needed

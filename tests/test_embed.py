@@ -82,7 +82,7 @@ def test_short_texts_equal_plain_encode_and_keep_ids_in_order(embed):
     assert out.column(CUT).to_pylist() == [False, False, False]
     vectors = vectors_of(out)
     assert vectors.dtype == np.float32
-    # Batch composition moves vectors by <= ~2.4e-7 per component (NOTES.md), far inside 1e-6.
+    # Batch composition moves vectors by <= ~2.4e-7 per component (docs/notes.md), far inside 1e-6.
     np.testing.assert_allclose(vectors, reference(embed, SHORT_TEXTS), atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
 

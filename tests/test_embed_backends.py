@@ -50,7 +50,7 @@ def test_fp32_exports_give_the_torch_vectors(backend, exports, torch_result):
     assert windows == ref_windows and windows[-1] > 1  # the long text really went through windows
     assert cut == ref_cut
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
-    # Float rounding only: the size of batch-composition effects in torch itself (NOTES.md).
+    # Float rounding only: the size of batch-composition effects in torch itself (docs/notes.md).
     assert np.max(1 - np.sum(vectors * reference, axis=1)) < 1e-6
     assert np.max(np.abs(vectors @ vectors.T - reference @ reference.T)) < 2e-6
 

@@ -139,3 +139,93 @@ def test_read_file_batches_gives_work_schema_with_ids_and_statuses(tmp_path):
     assert rows[0]["id"] == schema.row_id("d/x.jsonl", 0)
     assert rows[2]["raw"] == '{"foo": 1}'
     assert rows[0]["messages"] == CONV["messages"]
+
+
+# --- one pathological row never fails its file (issue: "a bad row never fails the job") ---------------
+
+DEEP = "[" * 10_000 + "]" * 10_000  # json.loads raises RecursionError on it
+
+
+def batch_rows(path):
+    [item] = discover_inputs([str(path)])
+    return [r for table in read_file_batches(item, NormalizeConfig()) for r in table.to_pylist()]
+
+
+def test_deeply_nested_line_is_rejected_alone(tmp_path):
+    path = write_jsonl(tmp_path / "deep.jsonl", [json.dumps(CONV), '{"messages": ' + DEEP + "}", json.dumps(CONV)])
+    rows = batch_rows(path)
+    assert [(r["source_row"], r["status"], r["reason"]) for r in rows] == [
+        (0, schema.KEPT, None), (1, schema.REJECTED, schema.TOO_DEEPLY_NESTED), (2, schema.KEPT, None)]
+    assert "recursion" in rows[1]["detail"] and rows[1]["raw"].startswith('{"messages": [[[')
+
+
+def test_lone_surrogate_is_rejected_alone_and_the_batch_still_builds(tmp_path):
+    bad = '{"messages": [{"role": "user", "content": "a\\ud800b"}, {"role": "assistant", "content": "ok"}]}'
+    path = write_jsonl(tmp_path / "s.jsonl", [json.dumps(CONV), bad, json.dumps(CONV)])
+    rows = batch_rows(path)
+    assert [r["reason"] for r in rows] == [None, schema.INVALID_UNICODE, None]
+    assert "\\ud800" in rows[1]["detail"] and rows[1]["messages"] is None
+    assert "\\ud800" in rows[1]["raw"]  # the excerpt is kept, escaped so it is valid UTF-8
+
+
+def test_json_array_with_one_pathological_element_keeps_the_others(tmp_path):
+    path = tmp_path / "arr.json"
+    path.write_text("[" + json.dumps(CONV) + ', {"messages": ' + DEEP + "},\n" + json.dumps(CONV) + "]")
+    got = records(path, tmp_path)
+    assert [(r.source_row, r.error) for r in got] == [(0, None), (1, schema.TOO_DEEPLY_NESTED), (2, None)]
+    assert got[2].record == CONV
+    # A deep element with strings holding brackets and quotes is still skipped exactly.
+    path.write_text('[{"x": ' + "[" * 5000 + '"]\\"[", {"k": "}"}' + "]" * 5000 + "}, " + json.dumps(CONV) + "]")
+    got = records(path, tmp_path)
+    assert [(r.source_row, r.error) for r in got] == [(0, schema.TOO_DEEPLY_NESTED), (1, None)]
+
+
+def test_bom_before_a_json_array_and_before_jsonl(tmp_path):
+    array = tmp_path / "bom.json"
+    array.write_bytes(b"\xef\xbb\xbf" + json.dumps([CONV, CONV, CONV], indent=2).encode())
+    assert [(r.source_row, r.error) for r in records(array, tmp_path)] == [(0, None), (1, None), (2, None)]
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + (json.dumps(CONV) + "\n" + json.dumps(CONV) + "\n").encode())
+    assert [(r.source_row, r.error) for r in records(lines, tmp_path)] == [(0, None), (1, None)]
+
+
+def test_one_pretty_printed_object_is_one_row(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(CONV, indent=2))
+    [row] = records(path, tmp_path)
+    assert (row.source_row, row.error, row.record) == (0, None, CONV)
+    # A JSONL file whose first line is broken is still JSON lines, not one object.
+    broken_first = tmp_path / "lines.jsonl"
+    broken_first.write_text('{"messages": [\n' + json.dumps(CONV) + "\n" + json.dumps(CONV) + "\n")
+    got = records(broken_first, tmp_path)
+    assert [(r.source_row, r.error) for r in got] == [(0, schema.INVALID_JSON), (1, None), (2, None)]
+
+
+def test_an_exception_while_normalizing_one_row_rejects_that_row(tmp_path, monkeypatch):
+    from operators import normalize
+
+    real = normalize.normalize_record
+
+    def failing(record, config):
+        if record.get("boom"):
+            raise KeyError("a bug that only this row triggers")
+        return real(record, config)
+
+    monkeypatch.setattr(normalize, "normalize_record", failing)
+    path = write_jsonl(tmp_path / "n.jsonl", [json.dumps(CONV), json.dumps({**CONV, "boom": 1}), json.dumps(CONV)])
+    rows = batch_rows(path)
+    assert [r["reason"] for r in rows] == [None, schema.ROW_ERROR, None]
+    assert rows[1]["detail"] == "normalize: KeyError: 'a bug that only this row triggers'" and '"boom": 1' in rows[1]["raw"]
+
+
+def test_a_fault_of_the_file_itself_names_the_file_and_row(tmp_path, monkeypatch):
+    from operators import read
+
+    def failing_records(item):
+        yield read.RawRecord(source_row=0, record=CONV)
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(read, "iter_records", failing_records)
+    path = write_jsonl(tmp_path / "f.jsonl", [json.dumps(CONV)])
+    with pytest.raises(read.InputFault, match=r"input f\.jsonl .*after row 0: OSError: connection reset by peer"):
+        batch_rows(path)

@@ -1,4 +1,4 @@
-"""report.html in a real browser: headless Chromium (Debian's `chromium` package; NOTES.md) loads the page
+"""report.html in a real browser: headless Chromium (Debian's `chromium` package; docs/notes.md) loads the page
 from disk, with the network off, and we check that the embedded images decode, the tables are filled and
 the pairs sit side by side. Skips, saying why, where Chromium is not installed."""
 
@@ -20,7 +20,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="headless Chromium not found: install Debian's `chromium` package (apt-get install -y chromium); "
-    "playwright's own browser download does not work here (NOTES.md)",
+    "playwright's own browser download does not work here (docs/notes.md)",
 )
 # Measured in the page after `load`: what an image that failed to decode (naturalWidth 0) or an empty
 # table would give away. The report itself has no script; this probe is added to a copy of it.

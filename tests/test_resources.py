@@ -1,7 +1,7 @@
 """Defaults derived from the cluster's resources (jobs/resources.py) for three clusters: a 2-core
 laptop, one node with 8 GPUs and 64 CPUs, and four such nodes. No Ray needed.
 
-The invariant (NOTES.md, the 2-core deadlock): while a stage's actor pool holds its reservations, the
+The invariant (docs/notes.md, the 2-core deadlock): while a stage's actor pool holds its reservations, the
 read, length-filter and write tasks (IO_TASK_CPUS each, IO_RESERVE_CPUS together) must still fit, or the
 job hangs silently until Ray's no-progress timeout. Ray accounts resources in units of 1e-4, so the
 sums here are exact at that granularity.
@@ -171,7 +171,7 @@ def test_more_gpus_than_the_cluster_has_are_refused(requested, gpus_per_actor, g
     [
         (LAPTOP, 1, 1.0),
         (LAPTOP, 2, 0.625),
-        (LAPTOP, 4, 0.3125),  # four shards on two cores (NOTES.md)
+        (LAPTOP, 4, 0.3125),  # four shards on two cores (docs/notes.md)
         (LAPTOP, 3, None),  # 0.4167 x 3
         (GPU_NODE, 4, 1.0),
         (GPU_NODES, 4, 1.0),

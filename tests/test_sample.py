@@ -45,7 +45,7 @@ def read_lines(path: Path) -> list[str]:
 
 
 def dedup_key(text: str) -> str:
-    """ARCHITECTURE.md's exact-dedup key: NFKC, casefold, whitespace collapsed."""
+    """docs/architecture.md's exact-dedup key: NFKC, casefold, whitespace collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
@@ -339,7 +339,7 @@ def test_over_long_rows_exceed_the_default_token_limit(sample):
     _, rows = sample
     long_rows = [line for *_, line, kind in rows if kind == schema.TOO_LONG]
     assert long_rows
-    # Count with the Mistral v0.1 sentencepiece model that mistral-common ships (NOTES.md).
+    # Count with the Mistral v0.1 sentencepiece model that mistral-common ships (docs/notes.md).
     sentencepiece = pytest.importorskip("sentencepiece")
     mistral_common = pytest.importorskip("mistral_common")
     model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"

@@ -1,6 +1,6 @@
 """operators.tokens: the offline Mistral v0.1 tokenizer, the chat template and the tokenize stage.
 
-The reference for ids is mistral_common in finetuning mode (NOTES.md, "Offline models"). No network, no Ray.
+The reference for ids is mistral_common in finetuning mode (docs/notes.md, "Offline models"). No network, no Ray.
 """
 
 from __future__ import annotations
@@ -419,3 +419,47 @@ def test_generated_conversations_match_mistral_common(tokenizer, reference):
     mismatched = [i for i, got in zip(kept, ids) if got != reference_ids(reference, conversations[i])]
     assert not mismatched, f"{len(mismatched)} of {len(kept)} differ from mistral_common: {mismatched[:5]}"
     assert [out.column(schema.NUM_TOKENS)[i].as_py() for i in kept] == [len(x) for x in ids]
+
+
+def test_an_exception_that_is_not_the_templates_own_rejects_only_its_row(tmp_path):
+    # ZeroDivisionError is no jinja2.TemplateError: a pathological value the template cannot take.
+    path = tmp_path / "fragile.jinja"
+    path.write_text(CUSTOM_TEMPLATE.replace(
+        "{%- if m['content'] == 'boom' -%}", "{%- if m['content'] == 'crash' -%}{{ (m['content'] | length) // 0 }}"
+        "{%- endif -%}{%- if m['content'] == 'boom' -%}"))
+    stage = Tokenize(TokenizerConfig(chat_template=str(path)))
+    out = stage(work_table([msgs("Hi", "Hello!"), msgs("crash", "x"), msgs("boom", "x"), msgs("again", "fine")]))
+    assert out.column(schema.STATUS).to_pylist() == [schema.KEPT, schema.REJECTED, schema.REMOVED, schema.KEPT]
+    assert out.column(schema.REASON).to_pylist() == [None, schema.ROW_ERROR, schema.TEMPLATE_ERROR, None]
+    assert out.column(schema.DETAIL)[1].as_py().startswith("template: ZeroDivisionError")
+    assert '"content": "crash"' in out.column(schema.RAW)[1].as_py()
+    assert out.column(schema.TEXT).to_pylist()[3] == "USER: again\nA: fine</s>"
+
+
+def test_a_batch_the_tokenizer_cannot_encode_is_encoded_row_by_row(stage, monkeypatch):
+    backend = stage.tokenizer.backend_tokenizer
+    original_batch, original_one = backend.encode_batch, backend.encode
+
+    class Failing:
+        """The Rust tokenizer, failing on one text, as a panic on a pathological input would."""
+
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        def encode_batch(self, texts, **kwargs):
+            if any("poison" in t for t in texts):
+                raise Exception("tokenizer panicked")
+            return original_batch(texts, **kwargs)
+
+        def encode(self, text, **kwargs):
+            if "poison" in text:
+                raise Exception("tokenizer panicked")
+            return original_one(text, **kwargs)
+
+    from operators import tokens
+
+    monkeypatch.setattr(tokens, "_backend", lambda tokenizer: Failing())
+    out = stage(work_table([msgs("Hi", "Hello"), msgs("poison", "x"), msgs("Hi again", "Hello")]))
+    assert out.column(schema.REASON).to_pylist() == [None, schema.ROW_ERROR, None]
+    assert out.column(schema.DETAIL)[1].as_py() == "tokenizer: Exception: tokenizer panicked"
+    assert out.column(schema.NUM_TOKENS)[0].as_py() == len(original_one("<s> [INST] Hi [/INST] Hello</s>").ids)

@@ -5,7 +5,7 @@ compared (no sampling). The messages are made canonical by a small local helper 
 operators.normalize (written in parallel; this test must not depend on it): strip, drop empty, merge
 consecutive same-role messages with "\\n\\n", drop leading assistant and trailing user turns; rows with
 other roles (tools), non-text content parts or special-token text are skipped, and only rows the
-template accepts are compared (mistral_common is more lenient, NOTES.md).
+template accepts are compared (mistral_common is more lenient, docs/notes.md).
 """
 
 from __future__ import annotations
