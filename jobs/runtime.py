@@ -105,6 +105,7 @@ def open_output(path: str, overwrite: bool, job: dict) -> Iterator[Output]:
     run created is removed again if the run fails before anything worth resuming was written.
     """
     output = Output(path)
+    job = json.loads(json.dumps(job))  # as it reads back from job.json (tuples become lists)
     existed = output.check(overwrite) is not None
     lock = OutputLock(output, job.get("command", "job"))
     lock.acquire()

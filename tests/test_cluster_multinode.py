@@ -31,7 +31,7 @@ def test_three_nodes_spread_actors_and_match_a_local_run(ray_local, tmp_path):
     [line] = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
     report = json.loads(line[len("RESULT "):])
     assert report["nodes"] == 3
-    for stage in ("MapWorker(MapBatches(Tokenize))", "MapWorker(MapBatches(Embed))", "IndexShard"):
+    for stage in ("MapWorker(MapBatches(Tokenize))", "MapWorker(MapBatches(EmbedToStore))", "IndexShard"):
         nodes = {a["node"] for a in report["actors"] if a["class"] == stage}
         assert len(nodes) > 1, f"{stage} ran on {len(nodes)} node(s)"
 

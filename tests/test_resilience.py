@@ -317,3 +317,32 @@ def test_a_second_job_on_the_same_output_exits_at_once(tmp_path, job_processes):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"]["read"] == 1499  # not every row twice
     assert not (out / LOCK).exists()
+
+
+# --- a full disk ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root only, as in CI): room for the lock, not for the rows."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_in_one_line_and_the_rerun_finishes(ray_local, data_context, tmp_path, small_disk, capsys):
+    inputs = tmp_path / "in"
+    write_sample(inputs, SampleConfig(rows=600, shards=2, seed=3))
+    out = small_disk / "out"
+    args = ["prepare", "--input", str(inputs), "--output", str(out), "--no-dedup", "--tokenize-actors", "1"]
+    assert cli.main(args) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"chatsieve: failed: no space left on the device under {out}")
+    assert not (out / "_SUCCESS").exists() and not (out / LOCK).exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert cli.main(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["rows"]["read"] == 600
