@@ -103,6 +103,8 @@ class RowStats:
     tokens_before_filter: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
     tokens_after_filter: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
     tokens_kept: dict = field(default_factory=lambda: {c: ValueCounts() for c in TOKEN_COLUMNS})
+    # Rows the tokenizer counted whose template located no assistant turn (prompt/response counts null).
+    split_unknown: int = 0
 
     COLUMNS = (schema.STATUS, schema.REASON, schema.SOURCE, *TOKEN_COLUMNS)
 
@@ -117,11 +119,14 @@ class RowStats:
         counted = pc.is_valid(batch.column(schema.NUM_TOKENS))
         length_removed = pc.fill_null(pc.is_in(batch.column(schema.REASON), value_set=pa.array(LENGTH_REASONS)), False)
         passed = pc.and_(counted, pc.invert(length_removed))
+        self.split_unknown += int(pc.sum(pc.and_(counted, pc.is_null(batch.column(schema.RESPONSE_TOKENS)))).as_py() or 0)
         for column in TOKEN_COLUMNS:
+            # drop_null: prompt/response counts are null where a template allowed neither way of counting
+            # them (operators/tokens.py); they are left out of the statistics, never taken for a number.
             values = batch.column(column)
-            self.tokens_before_filter[column].add(values.filter(counted).to_numpy())
-            self.tokens_after_filter[column].add(values.filter(passed).to_numpy())
-            self.tokens_kept[column].add(values.filter(kept).to_numpy())
+            self.tokens_before_filter[column].add(values.filter(counted).drop_null().to_numpy())
+            self.tokens_after_filter[column].add(values.filter(passed).drop_null().to_numpy())
+            self.tokens_kept[column].add(values.filter(kept).drop_null().to_numpy())
 
     def manifest_rows(self) -> dict:
         read = sum(self.by_status.values())
@@ -142,6 +147,9 @@ class RowStats:
 
     def manifest_tokens(self) -> dict:
         return {
+            # Rows whose chat template has no generation block and whose prompts are not prefixes of the
+            # conversation: their prompt_tokens / response_tokens are null (operators/tokens.py).
+            "rows_without_prompt_response_split": self.split_unknown,
             "before_length_filter": {c: v.summary() for c, v in self.tokens_before_filter.items()},
             "kept": {c: v.summary() for c, v in self.tokens_kept.items()},
             "histograms": self.token_histograms(),

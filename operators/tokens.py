@@ -165,10 +165,9 @@ def load_tokenizer(config: TokenizerConfig):
     template = _template_of(tokenizer)
     _compiled(template)  # a syntax error is a config fault: fail now, not once per row
     if not _GENERATION_TAG.search(template):
-        logger.warning(
-            "chat template of %r has no {%% generation %%} block: prompt_tokens and response_tokens "
-            "will be null (wrap the assistant turn in {%% generation %%}...{%% endgeneration %%})",
-            config.name_or_path,
+        logger.info(
+            "chat template of %r has no {%% generation %%} block: response tokens are counted from prompt "
+            "prefixes (add_generation_prompt=True renderings)", config.name_or_path,
         )
     return tokenizer
 
@@ -202,7 +201,8 @@ def special_tokens(tokenizer) -> tuple[str, ...]:
 class Rendered:
     """Per conversation: `text` and its counts, or the template's error (then text and counts are None).
 
-    `prompt_tokens` / `response_tokens` are None everywhere when the template has no generation block.
+    `prompt_tokens` / `response_tokens` are None where neither the template's generation blocks nor its
+    prompt prefixes (`_render_with_prefix_spans`) locate the assistant turns.
     """
 
     text: list[str | None] = field(default_factory=list)
@@ -238,7 +238,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
     compiled = _compiled(template)
     with_spans = bool(_GENERATION_TAG.search(template))
     variables = tokenizer.special_tokens_map
-    spans: list[list[tuple[int, int]]] = [[]] * n
+    spans: list[list[tuple[int, int]] | None] = [None] * n
     ok: list[int] = []
     for i, conversation in enumerate(conversations):
         # As apply_chat_template does: a key whose value is None is left out, not rendered as "None".
@@ -247,9 +247,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
             if with_spans:
                 result.text[i], spans[i] = _render_with_spans(compiled, messages, variables)
             else:
-                result.text[i] = compiled.render(
-                    messages=messages, tools=None, documents=None, add_generation_prompt=False, **variables
-                )
+                result.text[i], spans[i] = _render_with_prefix_spans(compiled, messages, variables)
         except jinja2.TemplateError as error:  # raise_exception(...) in the template: this row's data fault
             result.error[i] = str(error) or type(error).__name__
             continue
@@ -261,7 +259,7 @@ def render_and_count(tokenizer, conversations: Sequence[Sequence[dict[str, Any]]
     ok, encodings = _encode_each_row_alone_on_failure(_backend(tokenizer), result, ok)
     for i, encoding in zip(ok, encodings):
         result.num_tokens[i] = total = len(encoding)
-        if with_spans:
+        if spans[i] is not None:
             result.response_tokens[i] = response = _count_span_tokens(encoding, spans[i], total)
             result.prompt_tokens[i] = total - response
     return result
@@ -283,6 +281,34 @@ def _encode_each_row_alone_on_failure(backend, result: Rendered, rows: list[int]
             continue
         encoded_rows.append(i)
     return encoded_rows, encodings
+
+
+def _render_with_prefix_spans(compiled, messages, variables) -> tuple[str, list[tuple[int, int]] | None]:
+    """For templates without a generation block (most real ones: ChatML, Llama 3): each assistant turn's span
+    runs from the end of the prompt before it (rendered with add_generation_prompt=True) to the end of the
+    conversation rendered up to and including it. Valid only where both renderings are prefixes of the whole
+    text; otherwise the spans are None (the counts stay null, and the manifest counts such rows)."""
+
+    def render(part, generation_prompt):
+        return compiled.render(
+            messages=part, tools=None, documents=None, add_generation_prompt=generation_prompt, **variables
+        )
+
+    text = render(messages, False)  # an error here is the row's (template_error)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        try:
+            start = len(prompt := render(messages[:index], True))
+            end = len(through := render(messages[: index + 1], False))
+        except Exception:  # noqa: BLE001 - a template that refuses partial conversations: counts unknown
+            return text, None
+        if not (text.startswith(prompt) and text.startswith(through) and start <= end):
+            return text, None
+        if end > start:
+            spans.append((start, end))
+    return text, spans
 
 
 def _render_with_spans(compiled, messages, variables) -> tuple[str, list[tuple[int, int]]]:

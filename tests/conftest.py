@@ -51,3 +51,23 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture
+def chatml_tokenizer_dir(tmp_path):
+    """A local ChatML tokenizer directory (Qwen's layout: no generation block), built offline from the
+    built-in Mistral vocabulary with <|im_start|> / <|im_end|> added."""
+    from operators.tokens import TokenizerConfig, load_tokenizer
+
+    tokenizer = load_tokenizer(TokenizerConfig())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    directory = tmp_path / "chatml"
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -215,3 +215,24 @@ def test_input_where_nothing_survives_gives_a_complete_empty_output(ray_local, t
     [data] = read_dir(output, "data")
     assert data.num_rows == 0 and data.schema.remove_metadata() == schema.DATA_SCHEMA
     assert (output / "_SUCCESS").exists()
+
+
+def test_own_tokenizer_without_generation_block_end_to_end(ray_local, data_context, sample, tmp_path,
+                                                            chatml_tokenizer_dir):
+    directory = chatml_tokenizer_dir
+    manifest = run_job(tmp_path / "out_chatml", [sample[0]], tokenizer=str(directory), no_dedup=True, tokenize_actors=1)
+    kept = [r for t in read_dir(tmp_path / "out_chatml", "data") for r in t.to_pylist()]
+    assert kept and all(r["text"].startswith("<|im_start|>") for r in kept)
+    assert all(r["prompt_tokens"] + r["response_tokens"] == r["num_tokens"] for r in kept)
+    assert manifest["tokens"]["rows_without_prompt_response_split"] == 0
+    # A template whose prompts are not prefixes of the conversation: counts stay null, the job finishes.
+    template = tmp_path / "counted.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] + ' ' }}{% endfor %}{{ messages | length }}")
+    manifest = run_job(tmp_path / "counted", [sample[0]], chat_template=str(template), no_dedup=True,
+                       tokenize_actors=1)
+    assert manifest["tokens"]["rows_without_prompt_response_split"] == manifest["rows"]["read"] - sum(
+        n for reason, n in manifest["rows"]["by_reason"].items() if reason in schema.REJECTION_ERRORS
+        or reason in ("empty_conversation", "no_assistant_turn", "bad_role_order", "unsupported_role",
+                      "unsupported_content", "negative_label", "preference_pair", "special_token_in_content"))
+    assert manifest["tokens"]["kept"]["num_tokens"]["rows"] == manifest["rows"]["kept"]
+    assert (tmp_path / "counted" / "_SUCCESS").exists()

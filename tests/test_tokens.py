@@ -164,15 +164,44 @@ def test_counts_are_never_truncated_by_a_tokenizer_json_setting(tokenizer, tmp_p
     assert render_and_count(truncating, [messages]).num_tokens == render_and_count(tokenizer, [messages]).num_tokens
 
 
-def test_template_without_generation_block_counts_total_only(tokenizer, tmp_path, caplog):
+def test_template_without_generation_block_counts_from_prompt_prefixes(tokenizer, tmp_path):
     path = tmp_path / "plain.jinja"
     path.write_text("{{ bos_token }}{% for m in messages %}{{ ' ' + m['content'] }}{% endfor %}")
     custom = load_tokenizer(TokenizerConfig(chat_template=str(path)))
-    assert "no {% generation %} block" in caplog.text
+    rendered = render_and_count(custom, [msgs("Hi", "Hello"), msgs("a b c", "d e f g")])
+    assert rendered.text == ["<s> Hi Hello", "<s> a b c d e f g"]
+    for i, (prompt, text) in enumerate((("<s> Hi", "<s> Hi Hello"), ("<s> a b c", "<s> a b c d e f g"))):
+        total = len(tokenizer(text, add_special_tokens=False).input_ids)
+        assert rendered.num_tokens[i] == total
+        assert rendered.prompt_tokens[i] == len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        assert rendered.prompt_tokens[i] + rendered.response_tokens[i] == total and rendered.response_tokens[i] > 0
+
+
+def test_template_whose_prompts_are_not_prefixes_leaves_the_split_unknown(tokenizer, tmp_path):
+    # The number of messages at the end: a prompt is never a prefix of the whole conversation.
+    path = tmp_path / "counted.jinja"
+    path.write_text("{% for m in messages %}{{ m['content'] + ' ' }}{% endfor %}{{ messages | length }}")
+    custom = load_tokenizer(TokenizerConfig(chat_template=str(path)))
     rendered = render_and_count(custom, [msgs("Hi", "Hello")])
-    assert rendered.text == ["<s> Hi Hello"]
-    assert rendered.num_tokens == [len(tokenizer("<s> Hi Hello", add_special_tokens=False).input_ids)]
+    assert rendered.text == ["Hi Hello 2"] and rendered.num_tokens[0] > 0
     assert rendered.prompt_tokens == [None] and rendered.response_tokens == [None]
+
+
+def test_a_chatml_tokenizer_directory_counts_as_apply_chat_template_does(chatml_tokenizer_dir):
+    directory = chatml_tokenizer_dir
+    chatml = load_tokenizer(TokenizerConfig(name_or_path=str(directory)))
+    conversations = [msgs("Hi there", "Hello! How can I help?"),
+                     [{"role": "system", "content": "Be brief."}, *msgs("2+2?", "4."), *msgs("and 3+3?", "6.")]]
+    rendered = render_and_count(chatml, conversations)
+    for i, messages in enumerate(conversations):
+        assert rendered.text[i] == chatml.apply_chat_template(messages, tokenize=False)
+        ids = chatml(rendered.text[i], add_special_tokens=False).input_ids
+        assert rendered.num_tokens[i] == len(ids)
+        # Response: every assistant turn's content and its <|im_end|>\n, located by the prompt renderings.
+        answers = [m["content"] + "<|im_end|>\n" for m in messages if m["role"] == "assistant"]
+        expected = sum(len(chatml(a, add_special_tokens=False).input_ids) for a in answers)
+        assert abs(rendered.response_tokens[i] - expected) <= len(answers)  # a boundary token may merge
+        assert rendered.prompt_tokens[i] + rendered.response_tokens[i] == rendered.num_tokens[i]
 
 
 # --- the stage ---------------------------------------------------------------------------------
