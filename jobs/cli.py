@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 
@@ -59,8 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; an unknown option is refused by its subcommand's parser (its usage, not the top level's),
+    with the closest option it has."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = _subparsers(parser)[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        unknown = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), "")
+        close = difflib.get_close_matches(unknown, options, n=1, cutoff=0.6)
+        sub.error(f"unrecognized arguments: {' '.join(extras)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     if args.command == "sample":
         from jobs.sample import run_sample
 

@@ -319,8 +319,8 @@ def _first_line(exc: BaseException) -> str:
 
 def run_command(args, job, output: str | None) -> int:
     """Run a job from the command line: logging set up, the summary printed, a failure told in one line at
-    the end (after the traceback, for a fault that is not the user's to fix). Exit status: 0 done, 2 refused
-    (config, input, output in use or complete), 1 failed while running."""
+    the end (after the traceback, for a fault that is not the user's to fix). Exit status: 0 done, 3 done but
+    no row kept, 2 refused (config, input, output in use or complete), 1 failed while running."""
     import sys
 
     from jobs.lock import OutputLockedError
@@ -339,7 +339,17 @@ def run_command(args, job, output: str | None) -> int:
         print(f"chatsieve: failed: {describe_failure(exc, output)}", file=sys.stderr)
         return 1
     print(summary_table(manifest, output or ""))
+    rows = manifest["rows"]
+    if rows["kept"] == 0:
+        top = sorted(rows["by_reason"].items(), key=lambda item: -item[1])[:3]
+        why = ", ".join(f"{reason} {count}" for reason, count in top) or "no rows were read"
+        print(f"chatsieve: no row was kept ({why}); removed/ and rejected/ say why row by row", file=sys.stderr)
+        return NOTHING_KEPT
     return 0
+
+
+# Exit statuses: 0 done; 1 failed while running; 2 refused before anything was written; 3 done, but no row kept.
+NOTHING_KEPT = 3
 
 
 def summary_table(manifest: dict, output: str) -> str:
@@ -355,6 +365,13 @@ def summary_table(manifest: dict, output: str) -> str:
     lines.append(
         f"read {rows['read']} = kept {rows['kept']} + removed {rows['removed']} + rejected {rows['rejected']}"
     )
+    rejected = {r: n for r, n in rows["by_reason"].items() if r in schema.REJECTION_ERRORS}
+    if rejected:
+        lines.append("rejected rows, by error (one example each):")
+        for reason, count in sorted(rejected.items(), key=lambda item: -item[1]):
+            example = rows.get("examples", {}).get(reason)
+            where = f"{example['source']} row {example['source_row']}: {example['detail']}" if example else ""
+            lines.append(f"  {reason:<20}{count:>8}  {where}"[:400])
     timings = manifest["timings_s"]
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     lines.append(f"output: {output} (data/, removed/, rejected/, manifest.json, README.md)")

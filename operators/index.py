@@ -43,9 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import faiss
 import numpy as np
-from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned, search_preassigned
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +113,20 @@ class IndexConfig:
         if self.nlist is not None:
             return self.nlist
         return default_nlist(n)
+
+
+def _faiss():
+    # Imported where an index is built, not at module import: config parsing and `chatsieve --help` load
+    # this module for IndexConfig and must stay light.
+    import faiss
+
+    return faiss
+
+
+def _ivf_tools():
+    from faiss.contrib import ivf_tools
+
+    return ivf_tools
 
 
 def default_nlist(n: int) -> int:
@@ -285,12 +297,12 @@ def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
     if not isinstance(nlist, int) or not 1 <= nlist <= len(sample):
         raise ValueError(f"nlist must be in [1, {len(sample)}] (one training vector per list at least), got {nlist}")
     dim = sample.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    quantizer = _faiss().IndexFlatIP(dim)
+    index = _faiss().IndexIVFFlat(quantizer, dim, nlist, _faiss().METRIC_INNER_PRODUCT)
     index.cp.seed = seed
     index.cp.spherical = True  # unit centroids: inner product to a centroid is a cosine
     index.train(sample)
-    return faiss.serialize_index(index).tobytes()
+    return _faiss().serialize_index(index).tobytes()
 
 
 def _resolve_threads(omp_threads: int, shards: int) -> int:
@@ -322,8 +334,8 @@ class IndexShard:
         if not 0 <= shard_id < config.shards:
             raise ValueError(f"shard_id must be in [0, {config.shards}), got {shard_id}")
         if omp_threads is not None:
-            faiss.omp_set_num_threads(_resolve_threads(omp_threads, config.shards))
-        if config.gpu and faiss.get_num_gpus() < 1:
+            _faiss().omp_set_num_threads(_resolve_threads(omp_threads, config.shards))
+        if config.gpu and _faiss().get_num_gpus() < 1:
             raise RuntimeError("IndexConfig.gpu is set but FAISS sees no GPU: install faiss-gpu or use gpu=False")
         self.config = config
         self.dim = int(dim)
@@ -337,19 +349,19 @@ class IndexShard:
         if config.kind == "flat":
             if trained is not None:
                 raise ValueError("a flat shard takes no trained quantizer (trained=None)")
-            self._index = faiss.IndexFlatIP(self.dim)
+            self._index = _faiss().IndexFlatIP(self.dim)
             self._centroids = None
         else:
             if trained is None:
                 raise ValueError("an ivf shard needs the shared trained quantizer: pass train_quantizer(...)")
-            index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))  # owned, already downcast
-            if not isinstance(index, faiss.IndexIVFFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            index = _faiss().deserialize_index(np.frombuffer(trained, dtype=np.uint8))  # owned, already downcast
+            if not isinstance(index, _faiss().IndexIVFFlat) or index.metric_type != _faiss().METRIC_INNER_PRODUCT:
                 raise ValueError("trained must be an inner-product IndexIVFFlat from train_quantizer()")
             if index.d != self.dim or not index.is_trained or index.ntotal != 0:
                 raise ValueError(f"trained quantizer has d={index.d}, ntotal={index.ntotal}; need d={dim}, empty")
             index.nprobe = min(config.nprobe, index.nlist)
-            quantizer = faiss.downcast_index(index.quantizer)
-            centroids = faiss.rev_swig_ptr(quantizer.get_xb(), index.nlist * self.dim).reshape(index.nlist, self.dim)
+            quantizer = _faiss().downcast_index(index.quantizer)
+            centroids = _faiss().rev_swig_ptr(quantizer.get_xb(), index.nlist * self.dim).reshape(index.nlist, self.dim)
             self._centroids = _Centroids(centroids.copy(), self.margin)
             self._index = index
 
@@ -368,7 +380,7 @@ class IndexShard:
         else:
             lists = np.ascontiguousarray(self._centroids.top(vectors, 1)[:, 0])
             ids = np.arange(self._index.ntotal, self._index.ntotal + len(ranks), dtype=np.int64)
-            add_preassigned(self._index, vectors, lists, ids)
+            _ivf_tools().add_preassigned(self._index, vectors, lists, ids)
             self._vectors.append(vectors)
         self._ranks.append(ranks)
         self._sealed = None
@@ -382,7 +394,7 @@ class IndexShard:
             if self._centroids is None:
                 # The flat index's own storage, no copy; valid until the next add (which unseals).
                 n = self._index.ntotal
-                vectors = faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim)
+                vectors = _faiss().rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim)
             else:
                 vectors = np.concatenate(self._vectors) if self._vectors else np.empty((0, self.dim), np.float32)
                 self._vectors = [vectors]
@@ -392,18 +404,18 @@ class IndexShard:
 
     def _knn(self, q: np.ndarray, k: int, probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if probes is not None:
-            return search_preassigned(self._index, q, k, probes)
+            return _ivf_tools().search_preassigned(self._index, q, k, probes)
         if self.config.gpu:
             if self._gpu_index is None:
-                self._gpu_resources = faiss.StandardGpuResources()
-                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index)
+                self._gpu_resources = _faiss().StandardGpuResources()
+                self._gpu_index = _faiss().index_cpu_to_gpu(self._gpu_resources, 0, self._index)
             return self._gpu_index.search(q, k)
         return self._index.search(q, k)
 
     def _range(self, q: np.ndarray, radius: float, probes: np.ndarray | None):
         # Always the CPU index: GPU flat has no range search (docs/notes.md).
         if probes is not None:
-            return range_search_preassigned(self._index, q, float(radius), probes)
+            return _ivf_tools().range_search_preassigned(self._index, q, float(radius), probes)
         return self._index.range_search(q, float(radius))
 
     def search(self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float) -> ShardResult:

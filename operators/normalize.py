@@ -33,6 +33,8 @@ Special tokens (`<s>` ...) are not checked here: the tokenize stage knows the to
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 
@@ -54,7 +56,7 @@ _CONTENT_KEYS = ("value", "content", "text")
 _TEXT_PART_TYPES = ("text", "input_text", "output_text")  # output_text: OpenAI Responses API
 _JOINER = "\n\n"  # merged turns and joined text parts, as mistral_common does
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
-_DETAIL_CHARS = 200
+_DETAIL_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,26 @@ def _malformed(detail: str) -> _Fault:
 
 def _unknown(record: dict, why: str = "no known conversation format") -> _Fault:
     keys = ", ".join(repr(key) for key in list(record)[:12]) + (", ..." if len(record) > 12 else "")
-    return _Fault(schema.REJECTED, schema.UNKNOWN_FORMAT, f"{why}; keys: {keys}")
+    fields = conversation_like_fields(record)
+    # What to do comes before the list of keys, so the detail's length bound never cuts it.
+    hint = (f"; field {fields[0]!r} looks like a conversation: pass --messages-field {fields[0]}"
+            + (f" (or {', '.join(fields[1:3])})" if len(fields) > 1 else "")) if fields else ""
+    return _Fault(schema.REJECTED, schema.UNKNOWN_FORMAT, f"{why}{hint}; keys: {keys}")
+
+
+def conversation_like_fields(record: dict) -> list[str]:
+    """Fields holding what looks like a conversation (a list of role/content or from/value objects, or a
+    list of strings), in the record's order: what --messages-field could name."""
+    found = []
+    for key, value in record.items():
+        if not isinstance(key, str) or not isinstance(value, list) or not value:
+            continue
+        if all(isinstance(v, str) for v in value) and len(value) >= 2:
+            found.append(key)
+        elif all(isinstance(v, dict) and any(k in v for k in _ROLE_KEYS) and any(k in v for k in _CONTENT_KEYS)
+                 for v in value):
+            found.append(key)
+    return found
 
 
 def _json_type(value: object) -> str:
@@ -165,7 +186,9 @@ def _extract(record: dict, config: NormalizeConfig) -> list[tuple[str, str]]:
     if config.messages_field is not None:
         if config.messages_field not in record:
             raise _unknown(record, f"no column {config.messages_field!r} (--messages-field)")
-        return _system_column(record) + _message_list(record[config.messages_field], config.messages_field)
+        return _system_column(record) + _message_list(
+            record[config.messages_field], config.messages_field, strings_alternate=True
+        )
     fmt = detect_format(record) if config.format == "auto" else config.format
     if fmt is None:
         raise _unknown(record)
@@ -256,10 +279,41 @@ def _as_messages(value: object, role: str, column: str) -> list[tuple[str, str]]
     return _message_list(value, column)
 
 
-def _message_list(value: object, column: str) -> list[tuple[str, str]]:
+def _message_list(value: object, column: str, strings_alternate: bool = False) -> list[tuple[str, str]]:
+    """The messages of a list column. `strings_alternate` (a column the user named with --messages-field):
+    a list of plain strings is read as alternating user / assistant turns."""
     if not isinstance(value, (list, tuple)):
         raise _malformed(f"{column!r} is a {_json_type(value)}, not a list of messages")
-    return [_message(message, column, index) for index, message in enumerate(value)]
+    if strings_alternate and value and all(isinstance(v, str) for v in value):
+        return [(USER if index % 2 == 0 else ASSISTANT, text) for index, text in enumerate(value)]
+    try:
+        return [_message(message, column, index) for index, message in enumerate(value)]
+    except _Fault as fault:
+        if fault.result.status == schema.REMOVED and fault.result.messages is None:
+            # Removed whole (a tool turn, an image part): the audit still shows what the row held.
+            fault.result = dataclasses.replace(fault.result, messages=_as_found(value))
+        raise
+
+
+def _as_found(value: list) -> list[dict]:
+    """A removed row's messages as they were: roles unmapped, non-text parts and tool calls shown as text."""
+    found = []
+    for message in value:
+        if not isinstance(message, dict):
+            continue
+        role = next((message[k] for k in _ROLE_KEYS if k in message), "")
+        content = next((message[k] for k in _CONTENT_KEYS if k in message), None)
+        if isinstance(content, list):
+            content = _JOINER.join(
+                part.get("text") or part.get("value") or f"[{part.get('type', 'unknown')} part]"
+                if isinstance(part, dict) else str(part)
+                for part in content
+            )
+        calls = message.get("tool_calls") or message.get("function_call")
+        if calls:
+            content = (content or "") + ("\n" if content else "") + f"[tool call: {json.dumps(calls, default=str)[:500]}]"
+        found.append({"role": str(role)[:40], "content": content if isinstance(content, str) else str(content or "")})
+    return found
 
 
 def _message(message: object, column: str, index: int) -> tuple[str, str]:

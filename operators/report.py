@@ -37,6 +37,7 @@ STAGE_OF_REASON = {
 STAGES = ("read", "normalize", "tokenize", "length_filter", "exact_dedup", "near_dedup")
 TOKEN_COLUMNS = (schema.NUM_TOKENS, schema.PROMPT_TOKENS, schema.RESPONSE_TOKENS)
 PERCENTILES = (50, 90, 99)
+EXAMPLE_DETAIL_CHARS = 300
 LENGTH_REASONS = (schema.TOO_LONG, schema.TOO_SHORT)
 # The three views of each token column in manifest.json's tokens.histograms, in drawing order.
 BEFORE, AFTER, KEPT_VIEW = "before_length_filter", "after_length_filter", "kept"
@@ -106,12 +107,24 @@ class RowStats:
     # Rows the tokenizer counted whose template located no assistant turn (prompt/response counts null).
     split_unknown: int = 0
 
-    COLUMNS = (schema.STATUS, schema.REASON, schema.SOURCE, *TOKEN_COLUMNS)
+    # The first row of each reason, in (source, source_row) order: what the end-of-run summary shows.
+    examples: dict = field(default_factory=dict)
+
+    COLUMNS = (schema.STATUS, schema.REASON, schema.SOURCE, schema.SOURCE_ROW, schema.DETAIL, *TOKEN_COLUMNS)
 
     def add(self, batch: pa.Table) -> None:
         status = batch.column(schema.STATUS)
         self.by_status.update(_value_counts(status))
-        self.by_reason.update(_value_counts(batch.column(schema.REASON).drop_null()))
+        reasons = batch.column(schema.REASON)
+        self.by_reason.update(_value_counts(reasons.drop_null()))
+        for reason in pc.unique(reasons.drop_null()).to_pylist():
+            if reason not in self.examples and schema.SOURCE_ROW in batch.column_names:
+                first = pc.index(reasons, reason).as_py()
+                self.examples[reason] = {
+                    "source": batch.column(schema.SOURCE)[first].as_py(),
+                    "source_row": batch.column(schema.SOURCE_ROW)[first].as_py(),
+                    "detail": (batch.column(schema.DETAIL)[first].as_py() or "")[:EXAMPLE_DETAIL_CHARS],
+                }
         for (source, state), n in _value_counts_pairs(batch.column(schema.SOURCE), status).items():
             self.by_source[source][state] += n
         kept = pc.equal(status, schema.KEPT)
@@ -143,6 +156,7 @@ class RowStats:
             "by_reason": dict(sorted(self.by_reason.items())),
             "stages": funnel,
             "by_source": {s: {k: c[k] for k in schema.STATUSES} for s, c in sorted(self.by_source.items())},
+            "examples": dict(sorted(self.examples.items())),
         }
 
     def manifest_tokens(self) -> dict:

@@ -22,7 +22,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
 
 from operators.discover import filesystem_from_uri
 
@@ -133,10 +132,15 @@ def shard_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}.parquet"
 
 
-@ray.remote
 def _write_shard(fs: pafs.FileSystem, path: str, out_schema: pa.Schema, *tables: pa.Table) -> int:
     tables = [t.select(out_schema.names).cast(out_schema) for t in tables if t.num_rows]
-    table = pa.concat_tables(tables) if tables else out_schema.empty_table()
+    if not tables:
+        # No row group at all: an empty row group makes readers that size batches by row group (datasets)
+        # fail with "BatchSize must be greater than 0". The schema is still in the footer.
+        with fs.open_output_stream(path) as stream:
+            pq.ParquetWriter(stream, out_schema, compression=PARQUET_COMPRESSION).close()
+        return 0
+    table = pa.concat_tables(tables)
     pq.write_table(table, path, filesystem=fs, compression=PARQUET_COMPRESSION)
     return table.num_rows
 
@@ -152,9 +156,12 @@ def write_shards(ordered, output: Output, subdir: str, out_schema: pa.Schema, ro
     count = max(1, math.ceil(total / rows_per_shard))
     names = [shard_name(i, count) for i in range(count)]
     parts = ordered.split_at_indices([rows_per_shard * i for i in range(1, count)]) if count > 1 else [ordered]
+    import ray  # here, not at module import: the CLI's parser loads this module and must not start Ray's import
+
+    task = ray.remote(_write_shard).options(num_cpus=0.25)
     written = ray.get(
         [
-            _write_shard.options(num_cpus=0.25).remote(
+            task.remote(
                 output.fs, output.child_path(subdir, name), out_schema, *part.to_arrow_refs()
             )
             for name, part in zip(names, parts)
@@ -184,6 +191,8 @@ def read_checkpoint(
     Why not `ray.data.read_parquet`: in Ray 2.60 it adds a ListFiles task that reserves a whole CPU,
     which never schedules next to actor pools holding the rest of a 2-core machine (docs/notes.md's deadlock).
     """
+    import ray
+
     files = list_parquet(output, *parts)
     if not files:
         if empty is None:

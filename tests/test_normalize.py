@@ -421,3 +421,31 @@ def test_config_defaults_are_valid_and_frozen():
     NormalizeConfig(format="openai", messages_field="conversation_a")
     with pytest.raises(AttributeError):
         config.format = "hh"  # type: ignore[misc]
+
+
+def test_rows_removed_whole_keep_their_messages_as_found():
+    from operators.normalize import NormalizeConfig, normalize_record
+
+    record = {"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "get_weather"}}]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Sunny."}, {"type": "image_url"}]},
+    ]}
+    result = normalize_record(record, NormalizeConfig())
+    assert (result.status, result.reason) == ("removed", "unsupported_content")
+    assert [m["role"] for m in result.messages] == ["user", "assistant", "tool", "assistant"]
+    assert "get_weather" in result.messages[1]["content"] and result.messages[3]["content"] == "Sunny.\n\n[image_url part]"
+
+
+def test_unknown_format_names_a_field_that_looks_like_a_conversation():
+    from operators.normalize import NormalizeConfig, normalize_record
+
+    record = {"id": 7, "turns": ["What is 2+2?", "4", "And 3+3?", "6"]}
+    result = normalize_record(record, NormalizeConfig())
+    assert result.reason == "unknown_format"
+    assert "field 'turns' looks like a conversation: pass --messages-field turns; keys: 'id', 'turns'" in result.detail
+    read = normalize_record(record, NormalizeConfig(messages_field="turns"))  # strings alternate user / assistant
+    assert [m["role"] for m in read.messages] == ["user", "assistant", "user", "assistant"]
+    assert normalize_record({"id": 7, "text": "hello"}, NormalizeConfig()).detail == \
+        "no known conversation format; keys: 'id', 'text'"
