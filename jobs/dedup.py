@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
+from jobs import progress
 from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
 from operators import schema
 from operators.embed import CUT, VECTOR, WINDOWS
@@ -160,7 +161,13 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
         num_cpus=embed_plan.cpus_per_actor,
         num_gpus=embed_plan.gpus_per_actor or None,
     )
-    embedded = sum(int(pc.sum(b.column("embedded")).as_py() or 0) for b in ds.iter_batches(batch_format="pyarrow"))
+    embedded = 0
+    display = progress.current()
+    with display.stage("embed", total=len(to_embed), unit="texts"):
+        for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            block = int(pc.sum(counts.column("embedded")).as_py() or 0)
+            embedded += block
+            display.advance(block)
     still_missing = pc.sum(pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))).as_py() or 0
     if embedded < len(to_embed) or still_missing:
         raise RuntimeError(
@@ -240,7 +247,9 @@ def search(config, batches: VectorBatches, m: int, dim: int) -> Neighbors:
                                            config.resources.index_cpus_per_shard)}
     if gpu:
         options["num_gpus"] = min(1.0, cluster["GPU"] / index_config.shards)
-    return search_with_ray(batches, m, dim, index_config, config.dedup.recorded, options)
+    display = progress.current()
+    with display.stage("search", total=m, unit="rows"):
+        return search_with_ray(batches, m, dim, index_config, config.dedup.recorded, options, on_progress=display.advance)
 
 
 def _faiss_has_gpu() -> bool:

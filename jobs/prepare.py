@@ -8,6 +8,7 @@ Run as `chatsieve prepare ...` or `python -m jobs.prepare ...`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -15,13 +16,17 @@ import tempfile
 import time
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
+from jobs import progress
 from jobs.config import PrepareConfig
 from jobs.resources import IO_TASK_CPUS, plan_tokenize
 from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, in_submitted_job, open_output
+from operators import schema
 from operators.discover import Discovery, discover
 from operators.length import length_filter
 from operators.read import input_file_to_dict, read_file_batches
@@ -133,6 +138,16 @@ def run(config: PrepareConfig) -> dict:
             context.target_max_block_size = saved_block_size
 
 
+def write_rows_block(block: pa.Table, fs, directory: str) -> pa.Table:
+    """Ray stage: write one block of the rows checkpoint; returns its row count (the progress display's).
+
+    Named by the ids it holds, so a retried task rewrites the same file instead of adding a second copy."""
+    if block.num_rows:
+        digest = hashlib.sha1("\n".join(block.column(schema.ID).to_pylist()).encode()).hexdigest()[:24]
+        pq.write_table(block, f"{directory}/part-{digest}.parquet", filesystem=fs, compression="zstd")
+    return pa.table({"rows": [block.num_rows]})
+
+
 def job_identity(config: PrepareConfig) -> dict:
     """What decides this job's result (open_output resumes only the same job): every setting but the
     resources (the result does not depend on them), the output's path and --overwrite."""
@@ -152,10 +167,18 @@ def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, tim
         logger.warning("input %s skipped: %s", skipped["path"], skipped["reason"])
     rows = (output, (WORK_DIR, ROWS_CHECKPOINT))
     output.delete_dir(WORK_DIR, ROWS_CHECKPOINT)  # an earlier attempt's rows never mix in
-    with timings.stage("read_normalize_tokenize_filter"):
-        build_rows_plan(config, inputs).write_parquet(
-            output.child_uri(WORK_DIR, ROWS_CHECKPOINT), ray_remote_args={"num_cpus": IO_TASK_CPUS}, compression="zstd"
+    output.fs.create_dir(output.child_path(WORK_DIR, ROWS_CHECKPOINT), recursive=True)
+    display = progress.current()
+    with timings.stage("read_normalize_tokenize_filter"), display.stage("read", unit="rows"):
+        written = build_rows_plan(config, inputs).map_batches(
+            write_rows_block,
+            fn_args=(output.fs, output.child_path(WORK_DIR, ROWS_CHECKPOINT)),
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=IO_TASK_CPUS,
         )
+        for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            display.advance(int(pa.compute.sum(counts.column("rows")).as_py() or 0))
     decisions, dedup_manifest = None, None
     if config.dedup.enabled:
         from jobs.dedup import run_dedup

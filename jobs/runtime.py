@@ -77,9 +77,22 @@ def in_submitted_job() -> bool:
         return False
 
 
+# Set by the command line: Ray's own output (start-up lines, progress bars, operator dumps, worker logs) is
+# shown only with --verbose; the job's progress display (jobs/progress.py) replaces it.
+_verbose_ray = True
+
+
+def set_verbose_ray(verbose: bool) -> None:
+    global _verbose_ray
+    _verbose_ray = verbose
+
+
 def ensure_ray(address: str | None, offline: bool) -> None:
     import ray
 
+    quiet = not _verbose_ray
+    if quiet:
+        quiet_ray()
     if ray.is_initialized():
         return
     if in_submitted_job():
@@ -89,7 +102,28 @@ def ensure_ray(address: str | None, offline: bool) -> None:
     if offline:
         # Offline defaults: fail loudly rather than touch a hub (read when huggingface_hub is imported).
         env_vars["HF_HUB_OFFLINE"] = "1"
-    ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+    ray.init(
+        address=address, runtime_env={"env_vars": env_vars}, log_to_driver=not quiet,
+        logging_level=logging.ERROR if quiet else logging.INFO,
+        # The dashboard serves nothing a local run shows; a user who wants it starts Ray with it.
+        include_dashboard=False if address in (None, "local") and quiet else None,
+    )
+    if quiet:
+        quiet_ray()  # ray.init configures Ray's loggers: quiet them again
+
+
+def quiet_ray() -> None:
+    """Ray's output off: Ray Data's progress bars and 10-second operator dumps, its INFO/WARNING logs, and
+    the core worker's error-level notice about actor constructor arguments (printed on every run with an
+    actor pool, harmless: docs/notes.md). Errors still raise in the driver and are told by run_command."""
+    from ray.data import DataContext
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # read by the driver's core worker at ray.init
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray", "ray.data", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # --- the output: lock, resume check, clean-up of a failed first attempt -----------------------------------
@@ -211,30 +245,37 @@ def commit(
     from jobs.resources import IO_TASK_CPUS
     from operators.report import RowStats
 
+    from jobs import progress
+
+    display = progress.current()
     context = DataContext.get_current()
     preserve_order = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
     try:
-        with timings.stage("sort"):
+        with timings.stage("sort"), display.stage("sort", unit="rows") as sorting:
             ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA)
             if decisions is not None and decisions.num_rows:
                 ordered = ordered.map_batches(
                     apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
                 )
             ordered = ordered.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
+            sorting.done = ordered.count()
         stats = RowStats()
-        with timings.stage("stats"):
-            for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
-                batch_format="pyarrow", batch_size=65536
-            ):
-                stats.add(batch)
-        files: dict[str, list[str]] = {}
-        for status, subdir, out_schema, renames in OUTPUTS:
-            with timings.stage(f"write_{subdir}"):
-                selected = ordered.map_batches(
-                    _select, fn_args=(status, out_schema, renames), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
-                ).materialize()
-                files[subdir] = write_shards(selected, output, subdir, out_schema, config.output.rows_per_shard)
+        with display.stage("write", total=sorting.done, unit="rows"):
+            with timings.stage("stats"):
+                for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
+                    batch_format="pyarrow", batch_size=65536
+                ):
+                    stats.add(batch)
+                    display.advance(batch.num_rows)
+            files: dict[str, list[str]] = {}
+            for status, subdir, out_schema, renames in OUTPUTS:
+                with timings.stage(f"write_{subdir}"):
+                    selected = ordered.map_batches(
+                        _select, fn_args=(status, out_schema, renames), batch_format="pyarrow",
+                        num_cpus=IO_TASK_CPUS,
+                    ).materialize()
+                    files[subdir] = write_shards(selected, output, subdir, out_schema, config.output.rows_per_shard)
     finally:
         context.execution_options.preserve_order = preserve_order
     row_counts = stats.manifest_rows()
@@ -325,10 +366,16 @@ def run_command(args, job, output: str | None) -> int:
 
     from jobs.lock import OutputLockedError
 
+    from jobs import progress
+
+    verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        # Without --verbose the progress display tells what runs; logs say only what went wrong.
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    set_verbose_ray(verbose)
+    progress.use(progress.Progress())
     try:
         manifest = job()
     except (OutputExistsError, OutputLockedError, ValueError, FileNotFoundError) as exc:

@@ -585,6 +585,7 @@ def search_with_ray(
     omp_threads: int = 0,
     max_in_flight: int = 4,
     start_timeout_s: float = 300.0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Neighbors:
     """The same search with one Ray actor per shard; vectors streamed from `batches()`.
 
@@ -655,9 +656,15 @@ def search_with_ray(
             r_ref, v_ref = ray.put(r), ray.put(v)
             pending.append([actor.search.remote(r_ref, v_ref, float(t)) for actor in actors])
             if len(pending) > max_in_flight:
-                results.extend(ray.get(pending.pop(0)))
+                done = ray.get(pending.pop(0))
+                results.extend(done)
+                if on_progress is not None:  # queries searched against every shard
+                    on_progress(len(done[0].query_ranks))
         for refs in pending:
-            results.extend(ray.get(refs))
+            done = ray.get(refs)
+            results.extend(done)
+            if on_progress is not None:
+                on_progress(len(done[0].query_ranks))
         if queried != n:
             raise ValueError(f"batches() yielded {queried} query rows on the second call, expected n={n}")
     finally:

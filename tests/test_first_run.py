@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,3 +112,22 @@ def test_a_conversation_under_another_name_is_rejected_with_the_flag_that_reads_
     rc = cli.main(["prepare", "--input", str(tmp_path / "arena.jsonl"), "--output", str(tmp_path / "fixed"),
                    "--no-dedup", "--tokenize-actors", "1", "--messages-field", "conversation_a"])
     assert rc == 0 and pq.read_table(tmp_path / "fixed" / "data").num_rows == 1
+
+
+def test_a_default_run_is_quiet_and_says_what_it_does(tmp_path):
+    # The default sample run, smaller: the number of lines does not grow with the rows (one a minute at most).
+    ray_dir = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
+    try:
+        done = chatsieve("prepare", "--output", str(tmp_path / "out"), "--sample-rows", "300",
+                         "--embed-max-tokens", "64", "--address", "local", timeout=600, RAY_TMPDIR=ray_dir)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    text = "\n".join(lines)
+    for noise in ("Token authentication", "core_worker", "logging_progress", "streaming_executor", "Loading weights"):
+        assert noise not in text
+    for stage in ("read", "embed", "search", "sort", "write"):
+        assert any(line.startswith(f"{stage:<10}") and "done in" in line for line in lines), stage
+    assert "read 300 = kept" in done.stdout
