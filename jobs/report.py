@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from operators import schema
 from operators.plots import SCALES, similarity_png, token_lengths_png
 from operators.report import SimilarityHistogram
-from operators.report_html import dedup_settings, message_view, render_card, render_html
+from operators.report_html import dedup_settings, diff_views, message_view, render_card, render_html
 from operators.write import (
     CARD,
     DATA_DIR,
@@ -125,12 +125,13 @@ def pair_views(output: Output, closest: pa.Table, furthest: pa.Table) -> dict[st
         return {"id": row_id, "source": row[schema.SOURCE], "source_row": row[schema.SOURCE_ROW],
                 "messages": message_view(row[schema.MESSAGES]), "note": note}
 
+    def pair_view(p: dict) -> dict:
+        kept, removed = row_view(p[schema.DUPLICATE_OF], "kept"), row_view(p[schema.ID], "removed")
+        diff_views(kept["messages"], removed["messages"])
+        return {"similarity": float(p[schema.SIMILARITY]), "kept": kept, "removed": removed}
+
     return {
-        name: [
-            {"similarity": float(p[schema.SIMILARITY]), "kept": row_view(p[schema.DUPLICATE_OF], "kept"),
-             "removed": row_view(p[schema.ID], "removed")}
-            for p in table.to_pylist()
-        ]
+        name: [pair_view(p) for p in table.to_pylist()]
         for name, table in (("closest", closest), ("furthest", furthest))
     }
 

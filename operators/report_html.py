@@ -9,7 +9,9 @@ are YAML strings), so a name with a colon or quote cannot break the front matter
 from __future__ import annotations
 
 import base64
+import difflib
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -64,6 +66,57 @@ def message_view(messages: list[dict] | None) -> list[dict]:
     return out
 
 
+_WORDS = re.compile(r"\s+|[^\s]+")
+
+
+def word_diff(a: str, b: str) -> tuple[list[dict], list[dict]]:
+    """Both texts as segments {text, changed}: the words one has and the other lacks are `changed`, so a
+    reader sees at once what differs inside a near-duplicate pair (difflib on word and space tokens)."""
+    left, right = _WORDS.findall(a), _WORDS.findall(b)
+    out_a: list[dict] = []
+    out_b: list[dict] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=left, b=right, autojunk=False).get_opcodes():
+        _append(out_a, "".join(left[i1:i2]), op != "equal")
+        _append(out_b, "".join(right[j1:j2]), op != "equal")
+    return out_a, out_b
+
+
+def _append(segments: list[dict], text: str, changed: bool) -> None:
+    if changed:
+        # The highlight covers words, not the spaces around them (changed whitespace alone is not shown).
+        core = text.strip()
+        if not core:
+            _append(segments, text, False)
+            return
+        start = text.index(core)
+        _append(segments, text[:start], False)
+        _extend(segments, core, True)
+        _append(segments, text[start + len(core) :], False)
+        return
+    _extend(segments, text, False)
+
+
+def _extend(segments: list[dict], text: str, changed: bool) -> None:
+    if not text:
+        return
+    if segments and segments[-1]["changed"] == changed:
+        segments[-1]["text"] += text
+    else:
+        segments.append({"text": text, "changed": changed})
+
+
+def diff_views(kept: list[dict], removed: list[dict]) -> None:
+    """Add `segments` to each shown message of a pair, message i of one row against message i of the other."""
+    for i in range(max(len(kept), len(removed))):
+        a = kept[i]["content"] if i < len(kept) and kept[i]["role"] else ""
+        b = removed[i]["content"] if i < len(removed) and removed[i]["role"] else ""
+        seg_a, seg_b = word_diff(a, b)
+        if i < len(kept):
+            kept[i]["segments"] = seg_a if kept[i]["role"] else [{"text": kept[i]["content"], "changed": False}]
+        if i < len(removed):
+            removed[i]["segments"] = seg_b if removed[i]["role"] else [{"text": removed[i]["content"], "changed": False}]
+
+
 def dedup_settings(manifest: dict) -> dict:
     dedup = manifest["config"]["dedup"]
     recorded = dedup.get("record_threshold")
@@ -87,16 +140,42 @@ def reason_rows(manifest: dict) -> list[dict]:
             for r, n in manifest["rows"]["by_reason"].items()]
 
 
-def dedup_rows(manifest: dict) -> list[tuple[str, object]]:
-    """The scalar dedup statistics of the manifest, flattened for a two-column table."""
+# The manifest's dedup figures in words a user knows; the JSON key is shown beside each.
+DEDUP_LABELS = {
+    "candidates": "rows compared (kept by the earlier stages)",
+    "exact_duplicate_groups": "groups of exact copies",
+    "exact_duplicates_removed": "exact copies removed",
+    "near_duplicates_removed": "near-duplicates removed",
+    "pairs_recorded": "similar pairs recorded (neighbors/pairs)",
+    "pairs_at_or_above_threshold": "pairs at or above the threshold",
+    "pairs_within_1e-6_of_threshold": "pairs so close to the threshold that float rounding may decide them",
+    "rows_researched": "rows with more neighbours than --max-neighbors, searched again exhaustively",
+    "vectors.checkpoint": "vectors store",
+    "vectors.reused": "every vector reused from an earlier run",
+    "vectors.runtime": "embedding runtime",
+    "vectors.rows": "vectors used",
+    "vectors.embedded": "vectors embedded by this run",
+    "vectors.dim": "vector dimensions",
+    "vectors.windows": "windows embedded (long texts take several)",
+    "vectors.rows_cut": "texts cut at --embed-max-tokens",
+    "ivf_recall.recall": "IVF recall of recorded pairs (sampled)",
+    "ivf_recall.sample_rows": "rows sampled to measure IVF recall",
+    "ivf_recall.exact_pairs": "pairs exact search finds for those rows",
+    "ivf_recall.found_pairs": "of which IVF found",
+    "rethreshold_of": "re-derived from output",
+}
+
+
+def dedup_rows(manifest: dict) -> list[tuple[str, str, object]]:
+    """The scalar dedup statistics of the manifest, flattened: (label in words, JSON key, value)."""
     out = []
     for key, value in (manifest.get("dedup") or {}).items():
         if key == "neighbor_files":
             continue
         if isinstance(value, dict):
-            out.extend((f"{key}.{k}", v) for k, v in value.items())
+            out.extend((DEDUP_LABELS.get(f"{key}.{k}", f"{key}.{k}"), f"{key}.{k}", v) for k, v in value.items())
         else:
-            out.append((key, value))
+            out.append((DEDUP_LABELS.get(key, key), key, value))
     return out
 
 

@@ -335,10 +335,11 @@ def test_report_pairs_closest_and_furthest_side_by_side_with_escaped_text(built)
     assert sims(closest) == pytest.approx([THRESHOLD + 0.001 * j for j in range(20)], abs=1e-6)
     assert sims(furthest) == pytest.approx([THRESHOLD + 0.001 * j for j in range(44, 24, -1)], abs=1e-6)
     # the kept row's text was looked up in data/, the removed one's in removed/, both escaped
-    assert "answer 19 again" in closest and "answer 19" in closest
+    # The word that differs inside the pair is highlighted; the shared words are not.
+    assert "answer 19 <mark>again</mark>" in html and "answer 19" in closest
     assert NASTY not in html
-    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt; kept" in html
-    assert "&lt;b&gt;bold&lt;/b&gt; removed" in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt; <mark>kept</mark>" in html
+    assert "&lt;b&gt;bold&lt;/b&gt; <mark>removed</mark>" in html
 
 
 def test_report_keep_none_finds_the_removed_row_a_pair_names(tmp_path):
@@ -452,3 +453,14 @@ def test_command_line_functions_parse_and_run(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["report", str(root), "--scale", "loglog"])
     assert "time per stage" in report_job.run_inspect(parser.parse_args(["inspect", str(root)]))
+
+
+def test_word_diff_marks_only_the_words_that_differ():
+    from operators.report_html import word_diff
+
+    a, b = word_diff("Count the characters of hello world", "Count the words of hello world")
+    assert [s for s in a if s["changed"]] == [{"text": "characters", "changed": True}]
+    assert [s for s in b if s["changed"]] == [{"text": "words", "changed": True}]
+    assert "".join(s["text"] for s in a) == "Count the characters of hello world"
+    same, _ = word_diff("x  y", "x y")
+    assert not any(s["changed"] for s in same)  # spacing alone is not highlighted
