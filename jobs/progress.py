@@ -21,10 +21,14 @@ REDRAW_EVERY_S = 0.5
 
 class Progress:
     def __init__(self, stream: TextIO | None = None, interactive: bool | None = None, enabled: bool = True):
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: whatever sys.stderr is when a line is written
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.enabled = enabled
         self._stage: _Stage | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
     @contextmanager
     def stage(self, name: str, total: int | None = None, unit: str = "rows"):
@@ -108,6 +112,12 @@ def current() -> Progress:
     return _current
 
 
-def use(progress: Progress) -> None:
+@contextmanager
+def using(progress: Progress):
+    """`progress` is the job's display inside the `with` block; the one before it afterwards."""
     global _current
-    _current = progress
+    previous, _current = _current, progress
+    try:
+        yield progress
+    finally:
+        _current = previous

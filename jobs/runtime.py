@@ -375,9 +375,9 @@ def run_command(args, job, output: str | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     set_verbose_ray(verbose)
-    progress.use(progress.Progress())
     try:
-        manifest = job()
+        with progress.using(progress.Progress()):
+            manifest = job()
     except (OutputExistsError, OutputLockedError, ValueError, FileNotFoundError) as exc:
         print(f"chatsieve: {exc}", file=sys.stderr)
         return 2
