@@ -98,8 +98,13 @@ class ResourceConfig:
     # Rows per embedding call and per vectors-store file: large, because `encode` sorts by length within
     # a call (docs/notes.md); a crash loses at most the blocks in flight (one per actor).
     embed_block_rows: int = 1024
+    # Bytes of input per read task; None: derived from the input size and the CPUs (operators/read.py);
+    # 0: one task per file.
+    read_group_mb: float | None = None
 
     def __post_init__(self):
+        if self.read_group_mb is not None and self.read_group_mb < 0:
+            raise ValueError(f"--read-group-mb must be >= 0 (0: one read task per file), got {self.read_group_mb}")
         if self.embed_block_rows < 1:
             raise ValueError(f"--embed-block-rows must be >= 1, got {self.embed_block_rows}")
         if self.embed_actors is not None and self.embed_actors < 1:
@@ -267,6 +272,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("embed_block_rows", "resources", "embed_block_rows",
            "rows per embedding call and per vectors checkpoint file; a crash loses at most one block per "
            "embedding actor (default: 1024)", type=int),
+    Option("read_group_mb", "resources", "read_group_mb",
+           "input MiB per read task: small files are read together (default: derived from the input size and "
+           "CPUs; 0: one task per file)", type=float),
     Option("address", "resources", "address", "Ray cluster address (default: RAY_ADDRESS, else start Ray locally)"),
     Option("tokenize_actors", "resources", "tokenize_actors",
            "tokenizer actors (default: one per CPU of the cluster, see README)", type=int),

@@ -29,7 +29,7 @@ from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, i
 from operators import schema
 from operators.discover import Discovery, discover
 from operators.length import length_filter
-from operators.read import input_file_to_dict, read_file_batches
+from operators.read import group_for_reading, input_file_to_dict, read_file_batches
 from operators.tokens import DEFAULT_TOKENIZER, Tokenize
 from operators.write import WORK_DIR, Output
 
@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def read_and_normalize(batch: pa.Table, normalize_config):
-    """Ray stage: one input file per call, yielding normalized WORK_SCHEMA batches."""
+    """Ray stage: one group of input files per call (operators/read.group_for_reading), yielding normalized
+    WORK_SCHEMA batches, file after file."""
     from operators.discover import InputFile
 
-    for item in batch.to_pylist():
-        yield from read_file_batches(InputFile(**item), normalize_config)
+    for group in batch.column("files").to_pylist():
+        for item in group:
+            yield from read_file_batches(InputFile(**item), normalize_config)
 
 
 def check_submitted_job_paths(config: PrepareConfig) -> None:
@@ -87,7 +89,12 @@ def build_rows_plan(config: PrepareConfig, inputs: list) -> ray.data.Dataset:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0)
     tokenize = plan_tokenize(cluster_cpus, config.resources.tokenize_actors, nodes=nodes)
     logger.info("tokenize: %d actors x %.2f CPU", tokenize.actors, tokenize.cpus_per_actor)
-    files = ray.data.from_items([input_file_to_dict(f) for f in inputs], override_num_blocks=len(inputs))
+    group_mb = config.resources.read_group_mb
+    groups = group_for_reading(inputs, cluster_cpus, None if group_mb is None else int(group_mb * 2**20))
+    logger.info("read: %d files in %d tasks", len(inputs), len(groups))
+    files = ray.data.from_items(
+        [{"files": [input_file_to_dict(f) for f in group]} for group in groups], override_num_blocks=len(groups)
+    )
     ds = files.map_batches(
         read_and_normalize,
         fn_kwargs={"normalize_config": config.normalize},

@@ -33,6 +33,7 @@ class InputFile:
     uri: str  # what pyarrow's FileSystem.from_uri accepts: an absolute local path or a URI
     source: str  # docs/architecture.md: path relative to the parent of the input root, POSIX style
     kind: str  # "text" (JSON / JSONL, maybe gzip), "parquet", "arrow", or "hf"
+    size: int = -1  # bytes on storage when listed (-1: unknown); groups small files into read tasks
 
 
 
@@ -186,6 +187,7 @@ def _expand(spec: str) -> tuple[list[InputFile], list[dict[str, str]]]:
     path = path.rstrip("/") or "/"
     glob = _GLOB_CHARS.search(path)
     skipped: list[tuple[str, str, str | None]] = []
+    sizes: dict[str, int] = {}
     if glob:
         # The input root of a pattern is its non-glob directory prefix.
         root = path[: glob.start()].rsplit("/", 1)[0] or "/"
@@ -199,28 +201,43 @@ def _expand(spec: str) -> tuple[list[InputFile], list[dict[str, str]]]:
         else:
             listing = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
             paths = [i.path for i in listing if i.type == pafs.FileType.File and wanted(i.path)]
+            sizes = {i.path: i.size for i in listing if i.type == pafs.FileType.File}
     else:
         info = fs.get_file_info(path)
         root = path
         if info.type == pafs.FileType.File:
             paths = [path]
+            sizes = {path: info.size}
         elif info.type == pafs.FileType.Directory:
             if local:
                 paths, skipped = local_walk(path, _is_data_file)
             else:
                 listing = fs.get_file_info(pafs.FileSelector(path, recursive=True))
                 paths = [i.path for i in listing if i.type == pafs.FileType.File and _is_data_file(i.path)]
+                sizes = {i.path: i.size for i in listing if i.type == pafs.FileType.File}
         else:
             raise ValueError(f"input {spec!r} does not exist (looked for {path!r})")
     if not paths:
         raise ValueError(f"input {spec!r} matches no data files ({', '.join(DIRECTORY_EXTENSIONS)})")
     parent = posixpath.dirname(root.rstrip("/"))
-    files = [InputFile(uri=_join_uri(spec, p), source=_source_name(p, parent), kind=_kind_of(p)) for p in sorted(paths)]
+    if local:
+        sizes = {p: _local_size(p) for p in paths}
+    files = [
+        InputFile(uri=_join_uri(spec, p), source=_source_name(p, parent), kind=_kind_of(p), size=sizes.get(p, -1))
+        for p in sorted(paths)
+    ]
     # Reasons name other paths by source-style names too: no host path reaches manifest.json.
     return files, [
         {"path": _source_name(p, parent), "reason": why.format(_source_name(other, parent)) if other else why}
         for p, why, other in skipped
     ]
+
+
+def _local_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def local_walk(root: str, wanted) -> tuple[list[str], list[tuple[str, str, str | None]]]:

@@ -236,3 +236,19 @@ def test_own_tokenizer_without_generation_block_end_to_end(ray_local, data_conte
                       "unsupported_content", "negative_label", "preference_pair", "special_token_in_content"))
     assert manifest["tokens"]["kept"]["num_tokens"]["rows"] == manifest["rows"]["kept"]
     assert (tmp_path / "counted" / "_SUCCESS").exists()
+
+
+def test_many_small_files_read_in_groups_give_the_same_output(ray_local, data_context, tmp_path):
+    inputs = tmp_path / "many"
+    inputs.mkdir()
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                      {"role": "assistant", "content": f"answer {i}"}]}) for i in range(150)]
+    for i, line in enumerate(lines):
+        (inputs / f"part-{i:04d}.jsonl").write_text(line + ("\n{broken\n" if i % 50 == 0 else "\n"))
+    grouped = run_job(tmp_path / "grouped", [inputs], no_dedup=True, tokenize_actors=1)
+    one_per_file = run_job(tmp_path / "single", [inputs], no_dedup=True, tokenize_actors=1, read_group_mb=0)
+    assert grouped["rows"] == one_per_file["rows"] and grouped["rows"]["read"] == 153
+    assert grouped["rows"]["rejected"] == 3
+    for subdir in ("data", "removed", "rejected"):
+        ours, theirs = read_dir(tmp_path / "grouped", subdir), read_dir(tmp_path / "single", subdir)
+        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir

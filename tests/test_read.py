@@ -229,3 +229,21 @@ def test_a_fault_of_the_file_itself_names_the_file_and_row(tmp_path, monkeypatch
     path = write_jsonl(tmp_path / "f.jsonl", [json.dumps(CONV)])
     with pytest.raises(read.InputFault, match=r"input f\.jsonl .*after row 0: OSError: connection reset by peer"):
         batch_rows(path)
+
+
+def test_small_files_are_grouped_into_read_tasks_in_source_order():
+    from operators.discover import InputFile
+    from operators.read import group_for_reading
+
+    def f(name, size, kind="text"):
+        return InputFile(uri=f"/d/{name}", source=f"d/{name}", kind=kind, size=size)
+
+    files = [f("a", 400), f("b", 400), f("c", 400), f("big", 5000), f("d", 100), f("hub", -1, "hf"), f("e", 100)]
+    groups = group_for_reading(files, cpus=2, group_bytes=1000)
+    assert [[x.source for x in g] for g in groups] == [
+        ["d/a", "d/b"], ["d/c"], ["d/big"], ["d/d"], ["d/hub"], ["d/e"]]
+    assert sorted(x.source for g in groups for x in g) == sorted(x.source for x in files)
+    assert group_for_reading(files, cpus=2, group_bytes=0) == [[x] for x in files]
+    # Derived: 5,000 tiny files on 2 CPUs make a handful of tasks, not 5,000.
+    tiny = [f(f"t{i:05d}", 300) for i in range(5000)]
+    assert len(group_for_reading(tiny, cpus=2)) == 2
