@@ -190,8 +190,40 @@ def ray_overhead(record: dict) -> list[str]:
     return lines + _table(["window", "wall s", "tree CPU s", "cores used", "share of the machine", "CPU s by role"], rows)
 
 
+def many_files(record: dict) -> list[str]:
+    lines = ["## Many small input files: read in groups", ""] + _provenance(record)
+    rows = [[name, job["rows_read"], job["wall_s"], job["read_stage_s"]] for name, job in record["jobs"].items()]
+    lines += _table(["input", "rows", "job wall s", "read stage s"], rows)
+    discovery = record["discovery_local"]
+    lines.append(
+        f"Grouped reading is {_x(record['grouped_speedup_vs_one_task_each'])} the speed of one task per file; "
+        f"{record['files']:,} files take {record['grouped_vs_one_file']}x the time of the same rows in one file. "
+        f"Discovery of {discovery['files']:,} local files: {discovery['seconds']} s."
+    )
+    return lines + [""]
+
+
+def gpu_check(record: dict) -> list[str]:
+    lines = ["## The GPU embedding path", ""] + _provenance(record)
+    if record.get("device") != "cuda":
+        lines.append(f"Dry run on `{record.get('device')}` only (no GPU was lent): the numbers below check the "
+                     "script, not a GPU.")
+        lines.append("")
+    rows = []
+    for m in record["models"]:
+        f, t, e = m["fidelity_vs_cpu_fp32"], m["throughput"], m["efficiency"]
+        rows.append([m["model"], f["max_one_minus_cos"], f["decisions_changed_at_threshold"],
+                     f["pairs_within_0.001_of_threshold"], t["embed_rows_per_s"], t["raw_encode_rows_per_s"],
+                     _x(t["embed_vs_raw"]), e["tokens_per_s"], e["share_of_peak"]])
+    return lines + _table(["model", "max 1-cos vs CPU fp32", "decisions changed at 0.95", "pairs within 0.001",
+                           "Embed rows/s", "raw encode rows/s", "Embed vs raw", "tokens/s", "share of fp16 peak"],
+                          rows)
+
+
 SECTIONS = (
     ("end_to_end", end_to_end),
+    ("many_files", many_files),
+    ("gpu_check", gpu_check),
     ("embed_backends", embed_backends),
     ("int8_prefilter", int8_prefilter),
     ("tokenize_stage", tokenize_stage),
