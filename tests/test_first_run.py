@@ -118,7 +118,7 @@ def test_a_default_run_is_quiet_and_says_what_it_does(tmp_path):
     # The default sample run, smaller: the number of lines does not grow with the rows (one a minute at most).
     ray_dir = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
     try:
-        done = chatsieve("prepare", "--output", str(tmp_path / "out"), "--sample-rows", "300",
+        done = chatsieve("prepare", "--output", str(tmp_path / "out"), "--sample-rows", "120",
                          "--embed-max-tokens", "64", "--address", "local", timeout=600, RAY_TMPDIR=ray_dir)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -130,4 +130,4 @@ def test_a_default_run_is_quiet_and_says_what_it_does(tmp_path):
         assert noise not in text
     for stage in ("read", "embed", "search", "sort", "write"):
         assert any(line.startswith(f"{stage:<10}") and "done in" in line for line in lines), stage
-    assert "read 300 = kept" in done.stdout
+    assert "read 120 = kept" in done.stdout

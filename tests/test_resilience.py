@@ -198,7 +198,7 @@ def assert_same_result(a: Path, b: Path) -> None:
             assert abs(row["similarity"] - other["similarity"]) <= 1e-6
 
 
-SAMPLE_ROWS = 400
+SAMPLE_ROWS = 300
 JOB_OPTIONS = ["--sample-rows", str(SAMPLE_ROWS), "--embed-max-tokens", "128", "--embed-block-rows", "16",
                "--tokenize-actors", "1"]
 
@@ -301,12 +301,12 @@ def test_actors_killed_mid_job_are_restarted_and_the_result_is_unchanged(clean_r
 
 def test_a_second_job_on_the_same_output_exits_at_once(tmp_path, job_processes):
     out = tmp_path / "out"
-    first = job_processes(["--output", str(out), "--sample-rows", "1499", "--no-dedup"], tmp_path / "first.log")
+    first = job_processes(["--output", str(out), "--sample-rows", "600", "--no-dedup"], tmp_path / "first.log")
     wait_for(lambda: (out / LOCK).exists(), 120, "the first job's lock")
     for extra in ([], ["--overwrite"]):
         started = time.time()
         second = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "prepare", "--output", str(out), "--sample-rows", "1499",
+            [sys.executable, "-m", "jobs.cli", "prepare", "--output", str(out), "--sample-rows", "600",
              "--no-dedup", *extra],
             cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
@@ -315,7 +315,7 @@ def test_a_second_job_on_the_same_output_exits_at_once(tmp_path, job_processes):
         assert time.time() - started < 30  # no Ray started, nothing waited for
     assert first.wait(timeout=600) == 0, first.log.read_text()[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rows"]["read"] == 1499  # not every row twice
+    assert manifest["rows"]["read"] == 600  # not every row twice
     assert not (out / LOCK).exists()
 
 
