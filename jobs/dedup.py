@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
@@ -41,7 +40,6 @@ from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
 logger = logging.getLogger(__name__)
 
 CANDIDATES_DIR = "candidates"
-EXPORTS_DIR = "embedder"  # exported ONNX models (operators/embed_backends.py)
 SEARCH_BATCH = 8192
 # Pairs this close to the threshold may decide differently between runs whose vectors differ in the
 # last bits (batch composition, docs/notes.md); the manifest counts them.
@@ -135,9 +133,10 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
         ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
         node_cpus=largest_node_cpus(),
     )
-    embed_config = dataclasses.replace(
-        config.embed, device=embed_plan.device, threads=embed_plan.threads, export_dir=export_dir(config, output)
-    )
+    # CPU runtimes export the embedder once per node into the per-user cache (~/.cache/chatsieve/embedders,
+    # keyed by content: operators/embed_backends.py) unless the embed config names a directory: every output
+    # on a machine shares one export.
+    embed_config = dataclasses.replace(config.embed, device=embed_plan.device, threads=embed_plan.threads)
     runtime = embed_config.runtime(embed_plan.device)
     store = VectorStore(output, settings_key(config.embed, runtime))
     store.remove_scratch()
@@ -175,14 +174,6 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
             f"({embedded} embedded of {len(to_embed)})"
         )
     return Vectors(store, runtime, embedded)
-
-
-def export_dir(config, output: Output) -> str | None:
-    """Where CPU actors cache the exported embedder: the job's _work/ when the output is on this
-    filesystem (a rerun reuses it, --overwrite clears it), else the per-user cache on each node."""
-    if config.embed.cpu_backend == "torch" or not isinstance(output.fs, pafs.LocalFileSystem):
-        return config.embed.export_dir
-    return config.embed.export_dir or output.child_path(WORK_DIR, EXPORTS_DIR)
 
 
 class VectorBatches:

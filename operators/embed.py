@@ -105,7 +105,7 @@ class EmbedConfig:
     `backend`: the runtime on CPU (operators/embed_backends.py): "torch", "onnx" (ONNX Runtime) or
     "openvino", exported from the same model; "auto" is torch on a GPU and CPU_BACKEND on CPU.
     `quantize`: None (fp32) or "int8" (onnx only; lossy, see embed_backends).
-    `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders; the job uses its _work/).
+    `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders, shared by every output).
     """
 
     model: str = BUILTIN_EMBEDDER
