@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,25 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # A hang (e.g. the 2-core scheduling deadlock of docs/notes.md) must fail a test in seconds, not 30 minutes.
 NO_PROGRESS_TIMEOUT_S = 300
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Each session's tmp dirs under a base of its own, removed when the session ends, failed or not: tests
+    leave no multi-MB outputs behind, and two sessions on one machine never clean up each other's dirs (as
+    pytest's numbered-dir retention does). --basetemp still chooses it explicitly (then it is kept)."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="chatsieve-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
