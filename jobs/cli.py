@@ -79,13 +79,18 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(action.choices)
 
 
+def _log_to_console(verbose: bool) -> None:
+    # The quick commands log at INFO; the jobs log at WARNING behind their progress display (jobs/runtime.py).
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.command == "sample":
         from jobs.sample import run_sample
 
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _log_to_console(args.verbose)
         summary = run_sample(args)
         print(summary)
         return 0
@@ -93,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "inspect"):
         from jobs.report import run_inspect, run_report
 
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _log_to_console(args.verbose)
         try:
             print(run_report(args) if args.command == "report" else run_inspect(args))
         except (ValueError, OSError) as exc:

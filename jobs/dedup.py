@@ -79,6 +79,11 @@ class CandidatePlan:
     def is_rep(self) -> np.ndarray:
         return self.group_rep == np.arange(len(self.group_rep))
 
+    @property
+    def rep_sha1(self) -> pa.Array:
+        """text_sha1 of the representatives, in rank order: the keys of their vectors in the store."""
+        return self.text_sha1.filter(pa.array(self.is_rep))
+
 
 def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
     ranked = table.take(priority_order(table, keep))
@@ -140,7 +145,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
     runtime = embed_config.runtime(embed_plan.device)
     store = VectorStore(output, settings_key(config.embed, runtime))
     store.remove_scratch()
-    rep_sha1 = plan.text_sha1.filter(pa.array(plan.is_rep))
+    rep_sha1 = plan.rep_sha1
     missing = pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))
     to_embed = plan.rep_ids.filter(missing)
     logger.info("vectors: %d of %d texts already stored, %d to embed", len(rep_sha1) - len(to_embed), len(rep_sha1),
@@ -401,7 +406,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         vectors = ensure_vectors(config, output, plan) if m else None
     manifest: dict = {"vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0}}
     if m:
-        batches = VectorBatches(vectors.store, plan.text_sha1.filter(pa.array(plan.is_rep)))
+        batches = VectorBatches(vectors.store, plan.rep_sha1)
         dim = next(iter(batches()))[1].shape[1]
         with timings.stage("index_search"):
             neighbors = search(config, batches, m, dim)

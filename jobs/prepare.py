@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -185,7 +185,7 @@ def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, tim
             num_cpus=IO_TASK_CPUS,
         )
         for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
-            display.advance(int(pa.compute.sum(counts.column("rows")).as_py() or 0))
+            display.advance(int(pc.sum(counts.column("rows")).as_py() or 0))
     decisions, dedup_manifest = None, None
     if config.dedup.enabled:
         from jobs.dedup import run_dedup
