@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.sample import run_sample
 
         _log_to_console(args.verbose)
-        summary = run_sample(args)
+        try:
+            summary = run_sample(args)
+        except (ValueError, OSError) as exc:  # a bad option or an output that is not ours: one line, status 2
+            print(f"chatsieve: {exc}", file=sys.stderr)
+            return 2
         print(summary)
         return 0
 

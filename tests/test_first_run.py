@@ -131,3 +131,10 @@ def test_a_default_run_is_quiet_and_says_what_it_does(tmp_path):
     for stage in ("read", "embed", "search", "sort", "write"):
         assert any(line.startswith(f"{stage:<10}") and "done in" in line for line in lines), stage
     assert "read 120 = kept" in done.stdout
+
+
+def test_a_bad_sample_option_is_refused_in_one_line(tmp_path, capsys):
+    assert cli.main(["sample", "--rows", "30", "--output", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "chatsieve: --rows must be at least 100 so every planted kind fits; got 30"]
+    assert not (tmp_path / "s").exists()
