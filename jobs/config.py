@@ -51,8 +51,17 @@ class DedupConfig:
     # down without embedding again; None means threshold - 0.05.
     record_threshold: float | None = None
     keep: str = "first"
+    # Earlier outputs or datasets searched but never written (--against): an input row that duplicates one
+    # is removed in_reference (jobs/references.py).
+    against: tuple[str, ...] = ()
+    # Paragraphs in more than this many distinct dedup texts are left out of the embedded text
+    # (operators/boilerplate.py); 0 turns it off. Chosen from benchmarks/boilerplate.py on ../shared/data.
+    boilerplate_min_rows: int = 20
 
     def __post_init__(self):
+        object.__setattr__(self, "against", _as_paths(self.against))
+        if self.boilerplate_min_rows < 0:
+            raise ValueError(f"--boilerplate-min-rows must be >= 0 (0: off), got {self.boilerplate_min_rows}")
         if self.dedup_on not in DEDUP_ON:
             raise ValueError(f"--dedup-on must be one of {', '.join(DEDUP_ON)}, got {self.dedup_on!r}")
         if self.keep not in KEEP_RULES:
@@ -67,6 +76,33 @@ class DedupConfig:
     @property
     def recorded(self) -> float:
         return round(self.threshold - 0.05, 6) if self.record_threshold is None else self.record_threshold
+
+
+@dataclass(frozen=True)
+class DecontaminateConfig:
+    """--decontaminate: benchmark prompts no training row may contain (jobs/decontaminate.py)."""
+
+    paths: tuple[str, ...] = ()
+    # 13-word overlap is the GPT-3 and Llama reports' contamination test.
+    ngrams: int = 13
+    threshold: float = 0.9
+
+    def __post_init__(self):
+        object.__setattr__(self, "paths", _as_paths(self.paths))
+        if self.ngrams < 1:
+            raise ValueError(f"--decontaminate-ngrams must be >= 1, got {self.ngrams}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"--decontaminate-threshold is a cosine similarity in (0, 1], got {self.threshold}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.paths)
+
+
+def _as_paths(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
 @dataclass(frozen=True)
@@ -127,6 +163,7 @@ class PrepareConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -137,6 +174,8 @@ class PrepareConfig:
             raise ValueError("give at least one --input (a file, directory, glob, URI, hf:NAME or 'sample')")
         if self.sample_rows < 1:
             raise ValueError(f"--sample-rows must be >= 1, got {self.sample_rows}")
+        if self.dedup.against and not self.dedup.enabled:
+            raise ValueError("--against needs dedup: it removes rows that duplicate the reference (drop --no-dedup)")
 
     @property
     def uses_sample(self) -> bool:
@@ -240,6 +279,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep", "dedup", "keep",
            "which row of a duplicate group is kept: the first by (source, source_row), the longest answer, "
            "or none (the tutorial's rule: every row with a duplicate is removed)", choices=KEEP_RULES),
+    Option("against", "dedup", "against",
+           "an earlier chatsieve output or any input: searched for duplicates but never written; an input row "
+           "that duplicates one of its rows is removed as in_reference. Repeat for several.",
+           convert=_as_paths, flag_kwargs={"nargs": "+", "action": "extend"}),
+    Option("boilerplate_min_rows", "dedup", "boilerplate_min_rows",
+           "paragraphs (64+ characters) found in more than this many distinct rows are left out of the text "
+           "compared for near duplicates, never out of the output (default: 20; 0: off)", type=int),
+    Option("decontaminate", "decontaminate", "paths",
+           "benchmark prompts (any supported format, or rows with prompt/question/instruction/input or a "
+           "turns list): an input row whose user turn matches one is removed as contaminated. Repeat for several.",
+           convert=_as_paths, flag_kwargs={"nargs": "+", "action": "extend"}),
+    Option("decontaminate_ngrams", "decontaminate", "ngrams",
+           "words of the shared n-gram that makes a user turn contaminated (default: 13)", type=int),
+    Option("decontaminate_threshold", "decontaminate", "threshold",
+           "cosine of a user turn to a benchmark prompt that makes it contaminated (default: 0.9)", type=float),
     Option("embedder", "embed", "model",
            "sentence-transformers model: the built-in offline all-MiniLM-L6-v2 (default), a local directory, "
            "or a hub name such as thenlper/gte-large (downloads)"),

@@ -24,16 +24,19 @@ from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_ind
 from operators import schema
 from operators.embed import CUT, VECTOR, WINDOWS
 from operators.exact_dedup import (
+    BOILERPLATE,
     CANDIDATE_SCHEMA,
     DEDUP_KEY,
     DEDUP_TEXT,
+    REFERENCE,
     TEXT_SHA1,
     candidates,
     exact_groups,
     priority_order,
+    reference_index,
 )
 from operators.index import Neighbors, pair_similarity, search_with_ray
-from operators.resolve import resolve_greedy, resolve_none
+from operators.resolve import best_per_row, resolve_greedy, resolve_none
 from jobs.vectors import EmbedToStore, VectorStore, settings_key, settings_of
 from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
 
@@ -54,6 +57,7 @@ DECISION_SCHEMA = pa.schema(
         pa.field(schema.DETAIL, pa.string()),
         pa.field(schema.DUPLICATE_OF, pa.string()),
         pa.field(schema.SIMILARITY, pa.float32()),
+        pa.field(schema.DUPLICATE_OF_SOURCE, pa.string()),
     ]
 )
 PAIRS_SCHEMA = pa.schema(
@@ -62,7 +66,9 @@ PAIRS_SCHEMA = pa.schema(
 BEST_SCHEMA = pa.schema(
     [pa.field(schema.ID, pa.string()), pa.field("best_id", pa.string()), pa.field("best_similarity", pa.float32())]
 )
-NARROW_COLUMNS = [schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.RESPONSE_TOKENS, DEDUP_KEY, TEXT_SHA1]
+NARROW_COLUMNS = [
+    schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.RESPONSE_TOKENS, DEDUP_KEY, TEXT_SHA1, REFERENCE, BOILERPLATE
+]
 
 
 @dataclass
@@ -74,10 +80,18 @@ class CandidatePlan:
     rep_ids: pa.Array  # [m] representatives' ids in rank order: the rows that are embedded
     rep_index: np.ndarray  # [n] index into rep_ids of each row's representative
     text_sha1: pa.Array  # [n] in rank order
+    reference: np.ndarray  # [n] the --against index of a reference row, -1 for an input row
+    sources: pa.Array  # [n] source and source_row in rank order (to name reference rows)
+    source_rows: pa.Array
 
     @property
     def is_rep(self) -> np.ndarray:
         return self.group_rep == np.arange(len(self.group_rep))
+
+    @property
+    def rep_rank(self) -> np.ndarray:
+        """[m] the rank of each representative."""
+        return np.flatnonzero(self.is_rep)
 
     @property
     def rep_sha1(self) -> pa.Array:
@@ -86,6 +100,9 @@ class CandidatePlan:
 
 
 def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
+    """Rank every candidate (references first, docs/architecture.md "Priority") and group exact copies."""
+    if REFERENCE not in table.column_names:
+        table = table.append_column(REFERENCE, pa.nulls(table.num_rows, pa.int32()))
     ranked = table.take(priority_order(table, keep))
     group_rep = exact_groups(ranked.column(DEDUP_KEY).to_numpy(zero_copy_only=False))
     is_rep = group_rep == np.arange(len(group_rep))
@@ -96,24 +113,49 @@ def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
         rep_ids=ranked.column(schema.ID).filter(pa.array(is_rep)).combine_chunks(),
         rep_index=rep_position[group_rep],
         text_sha1=ranked.column(TEXT_SHA1).combine_chunks(),
+        reference=pc.fill_null(ranked.column(REFERENCE), -1).to_numpy().astype(np.int32),
+        sources=ranked.column(schema.SOURCE).combine_chunks(),
+        source_rows=ranked.column(schema.SOURCE_ROW).combine_chunks(),
     )
 
 
-def build_candidates(config, output: Output, rows: tuple[Output, tuple[str, ...]]) -> None:
+ROW_COLUMNS = [schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.STATUS, schema.MESSAGES, schema.RESPONSE_TOKENS]
+
+
+def build_candidates(config, output: Output, rows: tuple[Output, tuple[str, ...]], boilerplate: frozenset[int]) -> None:
     """Ray stage: kept rows -> (id, priority columns, dedup text, exact key) under _work/candidates/."""
     output.delete_dir(WORK_DIR, CANDIDATES_DIR)
-    columns = [schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.STATUS, schema.MESSAGES, schema.RESPONSE_TOKENS]
-    read_checkpoint(*rows, columns, empty=schema.WORK_SCHEMA).map_batches(
-        candidates, fn_kwargs={"dedup_on": config.dedup.dedup_on}, batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+    read_checkpoint(*rows, ROW_COLUMNS, empty=schema.WORK_SCHEMA).map_batches(
+        candidates, fn_kwargs={"dedup_on": config.dedup.dedup_on, "boilerplate": boilerplate},
+        batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
     ).write_parquet(output.child_uri(WORK_DIR, CANDIDATES_DIR), ray_remote_args={"num_cpus": IO_TASK_CPUS})
+
+
+def candidate_dirs(output: Output) -> list[tuple[str, ...]]:
+    """The candidate checkpoints of a run: its inputs', and its references' when it has any."""
+    from jobs.references import REFERENCE_CANDIDATES_DIR
+
+    dirs = [(WORK_DIR, CANDIDATES_DIR)]
+    if output.exists(WORK_DIR, REFERENCE_CANDIDATES_DIR):
+        dirs.append((WORK_DIR, REFERENCE_CANDIDATES_DIR))
+    return dirs
+
+
+def read_candidates(output: Output, columns: list[str]):
+    """A Ray dataset over every candidate checkpoint of the run (inputs, then references)."""
+    parts = [read_checkpoint(output, parts, columns, empty=CANDIDATE_SCHEMA) for parts in candidate_dirs(output)]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def load_candidate_keys(output: Output) -> pa.Table:
     """The narrow candidate columns (no text) on the driver: about 100 bytes a row."""
-    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), NARROW_COLUMNS, empty=CANDIDATE_SCHEMA)
-    tables = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    narrow = pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS])
+    tables = [
+        table.select(narrow.names).cast(narrow)
+        for table in read_candidates(output, NARROW_COLUMNS).iter_batches(batch_format="pyarrow", batch_size=None)
+    ]
     if not tables:
-        return pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS]).empty_table()
+        return narrow.empty_table()
     return pa.concat_tables(tables)
 
 
@@ -123,16 +165,20 @@ def _only_ids(batch: pa.Table, wanted: pa.Array) -> pa.Table:
 
 @dataclass
 class Vectors:
-    """The store holding a vector for every representative, and what this run did to fill it."""
+    """The stores holding a vector for every representative, and what this run did to fill them."""
 
-    store: VectorStore
+    stores: list[VectorStore]  # this output's, then the references' (--against outputs with the same settings)
     runtime: str
     embedded: int  # texts this run embedded; the rest were already stored
+    from_references: int  # representatives' texts read from a reference's store
 
 
-def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
-    """Make sure the store holds a vector for every representative's text, embedding only the missing ones
-    (jobs/vectors.py): a rerun after a crash, or after adding rows, embeds only what no run finished."""
+def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -> Vectors:
+    """Make sure the stores hold a vector for every representative's text, embedding only the missing ones
+    (jobs/vectors.py): a rerun after a crash, or after adding rows, embeds only what no run finished, and an
+    earlier output given as --against lends its vectors."""
+    from jobs.references import reference_stores
+
     # Planned first: the device decides the runtime, and the runtime is part of the key.
     embed_plan = plan_embed(
         ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
@@ -143,22 +189,40 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
     # on a machine shares one export.
     embed_config = dataclasses.replace(config.embed, device=embed_plan.device, threads=embed_plan.threads)
     runtime = embed_config.runtime(embed_plan.device)
-    store = VectorStore(output, settings_key(config.embed, runtime))
+    key = settings_key(config.embed, runtime)
+    store = VectorStore(output, key)
     store.remove_scratch()
+    stores = [store, *reference_stores(references, key)]
     rep_sha1 = plan.rep_sha1
-    missing = pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))
-    to_embed = plan.rep_ids.filter(missing)
-    logger.info("vectors: %d of %d texts already stored, %d to embed", len(rep_sha1) - len(to_embed), len(rep_sha1),
-                len(to_embed))
+    own = pc.is_in(rep_sha1, value_set=store.stored_hashes())
+    stored = own
+    for other in stores[1:]:
+        stored = pc.or_(stored, pc.is_in(rep_sha1, value_set=other.stored_hashes()))
+    from_references = int(pc.sum(pc.and_(stored, pc.invert(own))).as_py() or 0)
+    to_embed = plan.rep_ids.filter(pc.invert(stored))
+    logger.info("vectors: %d of %d texts already stored (%d in references), %d to embed",
+                len(rep_sha1) - len(to_embed), len(rep_sha1), from_references, len(to_embed))
     if not len(to_embed):
-        return Vectors(store, runtime, 0)
+        return Vectors(stores, runtime, 0, from_references)
     store.write_settings(settings_of(config.embed, runtime))
     logger.info("embed: %s, %s", embed_plan, runtime)
-    ds = read_checkpoint(output, (WORK_DIR, CANDIDATES_DIR), [schema.ID, TEXT_SHA1, DEDUP_TEXT])
+    ds = read_candidates(output, [schema.ID, TEXT_SHA1, DEDUP_TEXT])
     ds = ds.map_batches(_only_ids, fn_args=(to_embed,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
-    ds = ds.map_batches(
+    embedded = embed_into(store, ds, config, embed_config, embed_plan, len(to_embed))
+    still_missing = pc.sum(pc.invert(pc.or_(stored, pc.is_in(rep_sha1, value_set=store.stored_hashes())))).as_py() or 0
+    if embedded < len(to_embed) or still_missing:
+        raise RuntimeError(
+            f"embedding finished with {still_missing} texts missing from {store.output.child_uri(*store.parts)} "
+            f"({embedded} embedded of {len(to_embed)})"
+        )
+    return Vectors(stores, runtime, embedded, from_references)
+
+
+def embed_into(store: VectorStore, texts, config, embed_config, embed_plan, total: int, stage: str = "embed") -> int:
+    """Ray stage: embed a dataset of (id, text_sha1, dedup_text) into `store` (actor pool); returns the count."""
+    ds = texts.map_batches(
         EmbedToStore,
-        fn_constructor_args=(embed_config, output.fs, output.child_path(*store.parts)),
+        fn_constructor_args=(embed_config, store.output.fs, store.output.child_path(*store.parts)),
         batch_size=config.resources.embed_block_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=embed_plan.actors),
@@ -167,28 +231,27 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan) -> Vectors:
     )
     embedded = 0
     display = progress.current()
-    with display.stage("embed", total=len(to_embed), unit="texts"):
+    with display.stage(stage, total=total, unit="texts"):
         for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             block = int(pc.sum(counts.column("embedded")).as_py() or 0)
             embedded += block
             display.advance(block)
-    still_missing = pc.sum(pc.invert(pc.is_in(rep_sha1, value_set=store.stored_hashes()))).as_py() or 0
-    if embedded < len(to_embed) or still_missing:
-        raise RuntimeError(
-            f"embedding finished with {still_missing} texts missing from {store.output.child_uri(*store.parts)} "
-            f"({embedded} embedded of {len(to_embed)})"
-        )
-    return Vectors(store, runtime, embedded)
+    return embedded
 
 
 class VectorBatches:
     """(ranks, vectors) batches of the representatives' vectors, re-readable (the index reads them twice)."""
 
-    def __init__(self, store: VectorStore, rep_sha1: pa.Array):
-        self.store, self.rep_sha1 = store, rep_sha1
+    def __init__(self, stores: list[VectorStore], rep_sha1: pa.Array):
+        self.stores, self.rep_sha1 = stores, rep_sha1
+
+    def _tables(self, columns: list[str]):
+        seen = np.zeros(len(self.rep_sha1), dtype=bool)
+        for store in self.stores:
+            yield from store.batches(self.rep_sha1, columns, SEARCH_BATCH, seen)
 
     def __call__(self):
-        for ranks, table in self.store.batches(self.rep_sha1, [VECTOR], SEARCH_BATCH):
+        for ranks, table in self._tables([VECTOR]):
             vectors = table.column(VECTOR).combine_chunks()
             dim = vectors.type.list_size
             yield ranks, vectors.flatten().to_numpy().reshape(len(ranks), dim)
@@ -196,7 +259,7 @@ class VectorBatches:
     def stats(self) -> dict:
         """Rows, word-piece windows and rows cut, over the representatives."""
         rows = windows = cut = 0
-        for ranks, table in self.store.batches(self.rep_sha1, [WINDOWS, CUT], SEARCH_BATCH):
+        for ranks, table in self._tables([WINDOWS, CUT]):
             rows += len(ranks)
             windows += int(pc.sum(table.column(WINDOWS)).as_py() or 0)
             cut += int(pc.sum(table.column(CUT)).as_py() or 0)
@@ -254,75 +317,117 @@ def _faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def decide(plan: CandidatePlan, neighbors: Neighbors, dedup) -> tuple[pa.Table, dict]:
-    """The keep rule over representatives, then exact duplicates follow their representative."""
+def without_reference_pairs(plan: CandidatePlan, neighbors: Neighbors) -> Neighbors:
+    """The pairs minus those between two reference rows: references never remove one another."""
+    rep_is_ref = plan.reference[plan.rep_rank] >= 0
+    if not rep_is_ref.any():
+        return neighbors
+    keep = ~(rep_is_ref[neighbors.pairs_a] & rep_is_ref[neighbors.pairs_b])
+    return dataclasses.replace(
+        neighbors, pairs_a=neighbors.pairs_a[keep], pairs_b=neighbors.pairs_b[keep], pairs_sim=neighbors.pairs_sim[keep]
+    )
+
+
+def decide(plan: CandidatePlan, neighbors: Neighbors, dedup, labels: tuple[str, ...] = ()) -> tuple[pa.Table, dict]:
+    """The keep rule over representatives, then exact duplicates follow their representative.
+
+    Decisions are for input rows only. A removed input row with a reference row (--against, `labels`) among
+    its duplicates is `in_reference` and names the most similar reference row."""
     m, threshold = len(plan.rep_ids), dedup.threshold
+    neighbors = without_reference_pairs(plan, neighbors)
     resolve = resolve_none if dedup.keep == "none" else resolve_greedy
     result = resolve(m, neighbors.pairs_a, neighbors.pairs_b, neighbors.pairs_sim, threshold)
-    rep_ids = np.asarray(plan.rep_ids.to_pylist(), dtype=object)
     ids = np.asarray(plan.ids.to_pylist(), dtype=object)
-    is_rep = plan.is_rep
+    is_rep, rep_rank = plan.is_rep, plan.rep_rank
+    is_ref = plan.reference >= 0
+    rep_is_ref = is_ref[rep_rank]
     group_sizes = np.bincount(plan.rep_index, minlength=m)
 
-    out_ids, reasons, details, dup_of, sims = [], [], [], [], []
+    # Every decision as (row rank, reason, target rank, similarity, exact?).
+    rows, reasons, targets, sims, exact = [], [], [], [], []
 
-    def add(rows, reason, detail, targets, similarity):
-        out_ids.append(rows)
-        reasons.append(np.full(len(rows), reason, dtype=object))
-        details.append(np.asarray(detail, dtype=object) if not isinstance(detail, str) else np.full(len(rows), detail, dtype=object))
-        dup_of.append(targets)
-        sims.append(np.asarray(similarity, dtype=np.float32))
+    def add(row_ranks, reason, target_ranks, similarity, is_exact):
+        rows.append(np.asarray(row_ranks, np.int64))
+        reasons.append(np.full(len(row_ranks), reason, dtype=object))
+        targets.append(np.asarray(target_ranks, np.int64))
+        sims.append(np.asarray(similarity, np.float32))
+        exact.append(np.full(len(row_ranks), is_exact))
 
     # Representatives removed by the keep rule: near duplicates of a (kept, except for --keep none) row.
-    removed = np.nonzero(~result.kept)[0]
+    removed = np.flatnonzero(~result.kept & ~rep_is_ref)
     if dedup.keep == "none":
         removed = removed[group_sizes[removed] == 1]  # reps with exact copies are reported as exact below
-    add(
-        ids[np.nonzero(is_rep)[0][removed]],
-        schema.NEAR_DUPLICATE,
-        [f"cosine {s:.6f} >= {threshold}" for s in result.similarity[removed]],
-        rep_ids[result.duplicate_of[removed]],
-        result.similarity[removed],
-    )
-    # Exact duplicates: duplicate_of names the final kept row (the representative, or the row it
-    # was removed for). With --keep none, every member of a group of copies is removed.
-    copies = np.nonzero(~is_rep)[0]
+    add(rep_rank[removed], schema.NEAR_DUPLICATE, rep_rank[result.duplicate_of[removed]],
+        result.similarity[removed], False)
+    # Exact duplicates: the target is the final kept row (the representative, or the row it was removed
+    # for). With --keep none, every member of a group of copies is removed.
+    copies = np.flatnonzero(~is_rep & ~is_ref)
     rep_of_copy = plan.rep_index[copies]
     if dedup.keep == "none":
-        targets = rep_ids[rep_of_copy]
-        grouped_reps = np.nonzero(group_sizes > 1)[0]
+        copy_targets = rep_rank[rep_of_copy]
+        grouped_reps = np.flatnonzero((group_sizes > 1) & ~rep_is_ref)
         first_copy = {}
         for row, rep in zip(copies.tolist(), rep_of_copy.tolist()):
             first_copy.setdefault(rep, row)
-        add(
-            rep_ids[grouped_reps],
-            schema.EXACT_DUPLICATE,
-            f"same normalized {dedup.dedup_on} text",
-            ids[[first_copy[r] for r in grouped_reps.tolist()]] if len(grouped_reps) else np.empty(0, object),
-            np.ones(len(grouped_reps), np.float32),
-        )
+        add(rep_rank[grouped_reps], schema.EXACT_DUPLICATE, [first_copy[r] for r in grouped_reps.tolist()],
+            np.ones(len(grouped_reps)), True)
     else:
         final = np.where(result.kept[rep_of_copy], rep_of_copy, result.duplicate_of[rep_of_copy])
-        targets = rep_ids[final]
-    add(ids[copies], schema.EXACT_DUPLICATE, f"same normalized {dedup.dedup_on} text", targets,
-        np.ones(len(copies), np.float32))
+        copy_targets = rep_rank[final]
+    add(copies, schema.EXACT_DUPLICATE, copy_targets, np.ones(len(copies)), True)
 
+    rows, reasons, targets = np.concatenate(rows), np.concatenate(reasons), np.concatenate(targets)
+    sims, exact = np.concatenate(sims), np.concatenate(exact)
+    if rep_is_ref.any():
+        # The most similar reference row of each representative (pairs have the lower rank first, and every
+        # reference ranks before every input row).
+        a, b, sim = neighbors.pairs_a, neighbors.pairs_b, neighbors.pairs_sim
+        edge = (sim >= np.float32(threshold)) & rep_is_ref[a] & ~rep_is_ref[b]
+        best_ref, best_sim = best_per_row(b[edge], a[edge], sim[edge], m)
+        rep = plan.rep_index[rows]
+        # An exact copy of a reference row names it (similarity 1); any other row whose text is a near
+        # duplicate of a reference row names the most similar one.
+        via_rep = ~rep_is_ref[rep] & (best_ref[rep] >= 0)
+        targets = np.where(via_rep, rep_rank[np.maximum(best_ref[rep], 0)], targets)
+        sims = np.where(via_rep, best_sim[rep], sims).astype(np.float32)
+        exact = exact & ~via_rep
+        reasons = np.where(is_ref[targets], schema.IN_REFERENCE, reasons)
+
+    details, duplicate_of, where = [], [], []
+    for reason, target, similarity, is_exact in zip(reasons.tolist(), targets.tolist(), sims.tolist(), exact.tolist()):
+        found = reference_index(ids[target]) if plan.reference[target] >= 0 else None
+        if found is None:
+            duplicate_of.append(ids[target])
+            where.append(None)
+            text = f"same normalized {dedup.dedup_on} text" if is_exact else f"cosine {similarity:.6f} >= {threshold}"
+        else:
+            index, original = found
+            duplicate_of.append(original)
+            label = labels[index] if index < len(labels) else f"reference {index}"
+            where.append(f"{plan.sources[target].as_py()}#{plan.source_rows[target].as_py()} in {label}")
+            text = (f"same normalized {dedup.dedup_on} text as a row of {label}" if is_exact
+                    else f"cosine {similarity:.6f} >= {threshold} to a row of {label}")
+        details.append(text)
     decisions = pa.Table.from_pydict(
         {
-            schema.ID: np.concatenate(out_ids).tolist(),
-            schema.REASON: np.concatenate(reasons).tolist(),
-            schema.DETAIL: np.concatenate(details).tolist(),
-            schema.DUPLICATE_OF: np.concatenate(dup_of).tolist(),
-            schema.SIMILARITY: np.concatenate(sims),
+            schema.ID: ids[rows].tolist(),
+            schema.REASON: reasons.tolist(),
+            schema.DETAIL: details,
+            schema.DUPLICATE_OF: duplicate_of,
+            schema.SIMILARITY: sims,
+            schema.DUPLICATE_OF_SOURCE: where,
         },
         schema=DECISION_SCHEMA,
     )
     near_threshold = int(np.sum(np.abs(neighbors.pairs_sim.astype(np.float64) - threshold) <= NEAR_THRESHOLD))
+    counts = {reason: int(np.sum(reasons == reason)) for reason in (schema.EXACT_DUPLICATE, schema.NEAR_DUPLICATE,
+                                                                     schema.IN_REFERENCE)}
     stats = {
-        "candidates": len(ids),
-        "exact_duplicate_groups": int(np.sum(group_sizes > 1)),
-        "exact_duplicates_removed": int(np.sum(decisions.column(schema.REASON).to_numpy(zero_copy_only=False) == schema.EXACT_DUPLICATE)),
-        "near_duplicates_removed": int(np.sum(decisions.column(schema.REASON).to_numpy(zero_copy_only=False) == schema.NEAR_DUPLICATE)),
+        "candidates": int(np.sum(~is_ref)),
+        "exact_duplicate_groups": int(np.sum((group_sizes > 1) & ~rep_is_ref)),
+        "exact_duplicates_removed": counts[schema.EXACT_DUPLICATE],
+        "near_duplicates_removed": counts[schema.NEAR_DUPLICATE],
+        "in_reference_removed": counts[schema.IN_REFERENCE],
         "pairs_recorded": len(neighbors.pairs_a),
         "pairs_at_or_above_threshold": int(np.sum(neighbors.pairs_sim >= np.float32(threshold))),
         "pairs_within_1e-6_of_threshold": near_threshold,
@@ -356,6 +461,8 @@ def write_neighbors(output: Output, plan: CandidatePlan, neighbors: Neighbors) -
             ),
         ]
     )
+    # Reference rows are not in this output: no best-neighbour row of their own (their pairs stay, for rethreshold).
+    best = best.filter(pc.invert(pc.match_substring_regex(best.column(schema.ID), r"^r\d+:")))
     files = {}
     for name, table in (("pairs", pairs), ("best", best)):
         count = max(1, -(-table.num_rows // NEIGHBOR_SHARD_ROWS))
@@ -396,23 +503,87 @@ class DedupOutcome:
     manifest: dict
 
 
-def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timings) -> DedupOutcome:
+BOILERPLATE_SHOWN = 50  # paragraphs listed in the manifest and the report
+
+
+def find_boilerplate(config, rows: tuple[Output, tuple[str, ...]], references) -> tuple[frozenset[int], dict]:
+    """The boilerplate paragraphs (operators/boilerplate.py), counted over inputs and references together so
+    `--against` decides as one combined run would; and the manifest's summary with the most common ones."""
+    from jobs.references import reference_rows
+    from operators import boilerplate
+
+    min_rows = config.dedup.boilerplate_min_rows
+    summary = {"min_rows": min_rows, "min_chars": boilerplate.MIN_CHARS, "paragraphs": 0}
+    if not min_rows:
+        return frozenset(), summary
+    datasets = [read_checkpoint(*rows, ROW_COLUMNS, empty=schema.WORK_SCHEMA)]
+    datasets += [reference_rows(config, reference) for reference in references]
+    fn_kwargs = {"dedup_on": config.dedup.dedup_on}
+    pairs = [
+        table
+        for ds in datasets
+        for table in ds.map_batches(boilerplate.count_paragraphs, fn_kwargs=fn_kwargs, batch_format="pyarrow",
+                                    num_cpus=IO_TASK_CPUS).iter_batches(batch_format="pyarrow", batch_size=None)
+    ]
+    found = boilerplate.boilerplate_keys(*boilerplate.count_rows(pairs), min_rows)
+    summary["paragraphs"] = len(found)
+    shown = dict(sorted(found.items(), key=lambda item: (-item[1], item[0]))[:BOILERPLATE_SHOWN])
+    excerpts: dict[int, dict] = {}
+    if shown:
+        wanted = frozenset(shown)
+        for ds in datasets:
+            for table in ds.map_batches(boilerplate.paragraph_excerpts, fn_kwargs={**fn_kwargs, "wanted": wanted},
+                                        batch_format="pyarrow", num_cpus=IO_TASK_CPUS).iter_batches(
+                                            batch_format="pyarrow", batch_size=None):
+                for row in table.to_pylist():
+                    excerpts.setdefault(row[boilerplate.PARAGRAPH_KEY], row)
+    summary["top"] = [
+        {"rows": count, "chars": excerpts.get(key, {}).get("chars"), "excerpt": excerpts.get(key, {}).get("excerpt")}
+        for key, count in shown.items()
+    ]
+    logger.info("boilerplate: %d paragraphs in more than %d rows are left out of the dedup text", len(found), min_rows)
+    return frozenset(found), summary
+
+
+def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timings, references=(),
+              excluded: pa.Array | None = None) -> DedupOutcome:
+    """Near-duplicate removal over the kept input rows (minus `excluded`, rows already removed by
+    decontamination), with the --against references ranked first."""
+    from jobs.references import build_reference_candidates
+
     with timings.stage("exact_dedup"):
-        build_candidates(config, output, rows)
-        plan = plan_candidates(load_candidate_keys(output), config.dedup.keep)
+        boilerplate, boilerplate_summary = find_boilerplate(config, rows, references)
+        build_candidates(config, output, rows, boilerplate)
+        if references:
+            build_reference_candidates(config, output, references, boilerplate)
+        keys = load_candidate_keys(output)
+        if excluded is not None and len(excluded):
+            keys = keys.filter(pc.invert(pc.is_in(keys.column(schema.ID), value_set=excluded)))
+        plan = plan_candidates(keys, config.dedup.keep)
+    inputs = keys.filter(pc.is_null(keys.column(REFERENCE)))
+    left_out = inputs.column(BOILERPLATE).to_numpy(zero_copy_only=False)
+    boilerplate_summary.update(rows=int(np.sum(left_out > 0)), paragraphs_left_out=int(np.sum(left_out)))
     m = len(plan.rep_ids)
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
     with timings.stage("embed"):
-        vectors = ensure_vectors(config, output, plan) if m else None
-    manifest: dict = {"vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0}}
+        vectors = ensure_vectors(config, output, plan, references) if m else None
+    manifest: dict = {
+        "vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0},
+        "boilerplate": boilerplate_summary,
+    }
+    if references:
+        manifest["references"] = [
+            {"path": r.label, "kind": r.kind, "rows": int(np.sum(plan.reference == i))} for i, r in enumerate(references)
+        ]
     if m:
-        batches = VectorBatches(vectors.store, plan.rep_sha1)
+        batches = VectorBatches(vectors.stores, plan.rep_sha1)
         dim = next(iter(batches()))[1].shape[1]
         with timings.stage("index_search"):
             neighbors = search(config, batches, m, dim)
         manifest["vectors"].update(
-            checkpoint="/".join(vectors.store.parts), runtime=vectors.runtime, dim=dim,
-            embedded=vectors.embedded, reused=vectors.embedded == 0, **batches.stats(),
+            checkpoint="/".join(vectors.stores[0].parts), runtime=vectors.runtime, dim=dim,
+            embedded=vectors.embedded, reused=vectors.embedded == 0, from_references=vectors.from_references,
+            **batches.stats(),
         )
         if config.index.kind == "ivf":
             with timings.stage("ivf_recall"):
@@ -421,7 +592,8 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         empty = np.empty(0, np.int64)
         neighbors = Neighbors(empty, empty, np.empty(0, np.float32), empty, np.empty(0, np.float32), 0)
     with timings.stage("resolve"):
-        decisions, stats = decide(plan, neighbors, config.dedup)
+        neighbors = without_reference_pairs(plan, neighbors)
+        decisions, stats = decide(plan, neighbors, config.dedup, tuple(r.label for r in references))
         manifest.update(stats)
         manifest["neighbor_files"] = write_neighbors(output, plan, neighbors)
     return DedupOutcome(decisions, manifest)

@@ -24,6 +24,8 @@ from ray.data import ActorPoolStrategy
 
 from jobs import progress
 from jobs.config import PrepareConfig
+from jobs.decontaminate import load_benchmarks
+from jobs.references import open_references
 from jobs.resources import IO_TASK_CPUS, plan_tokenize
 from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, in_submitted_job, open_output
 from operators import schema
@@ -128,6 +130,9 @@ def run(config: PrepareConfig) -> dict:
     started = time.perf_counter()
     check_submitted_job_paths(config)
     discovery = None if config.uses_sample else discover(list(config.inputs))
+    # References and benchmarks are checked (and benchmarks read: they are small) before Ray starts.
+    references = open_references(config.dedup.against)
+    benchmarks = load_benchmarks(config.decontaminate.paths) if config.decontaminate.enabled else None
     with open_output(config.output.path, config.output.overwrite, job_identity(config)) as output:
         offline = config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path)
         ensure_ray(config.resources.address, offline)
@@ -140,7 +145,7 @@ def run(config: PrepareConfig) -> dict:
         # add a whole-CPU task that cannot fuse with fractional-CPU maps: the 2-core deadlock.)
         context.target_max_block_size = int(config.resources.block_size_mb * 2**20)
         try:
-            return _run(config, output, discovery, Timings(), started)
+            return _run(config, output, discovery, Timings(), started, references, benchmarks)
         finally:
             context.target_max_block_size = saved_block_size
 
@@ -164,7 +169,8 @@ def job_identity(config: PrepareConfig) -> dict:
     return {"command": "prepare", "config": settings}
 
 
-def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, timings: Timings, started: float) -> dict:
+def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, timings: Timings, started: float,
+         references: list, benchmarks) -> dict:
     with timings.stage("discover"):
         if discovery is None:
             discovery = discover(resolve_inputs(config, output))
@@ -186,23 +192,31 @@ def _run(config: PrepareConfig, output: Output, discovery: Discovery | None, tim
         )
         for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
             display.advance(int(pc.sum(counts.column("rows")).as_py() or 0))
-    decisions, dedup_manifest = None, None
+    decisions, dedup_manifest, contamination = [], None, None
+    if benchmarks is not None:
+        from jobs.decontaminate import run_decontaminate
+
+        contamination = run_decontaminate(config, output, rows, benchmarks, timings)
+        decisions.append(contamination.decisions)
     if config.dedup.enabled:
         from jobs.dedup import run_dedup
 
-        outcome = run_dedup(config, output, rows, timings)
-        decisions, dedup_manifest = outcome.decisions, outcome.manifest
+        outcome = run_dedup(config, output, rows, timings, references,
+                            excluded=None if contamination is None else contamination.ids)
+        decisions.append(outcome.decisions)
+        dedup_manifest = outcome.manifest
     manifest = commit(
         config,
         output,
         rows,
         timings,
-        decisions=decisions,
+        decisions=pa.concat_tables(decisions) if decisions else None,
         # Object-store URIs, but no absolute path of the submitting machine: the source names the file.
         extra={"inputs": [{"source": f.source, **({"uri": f.uri} if "://" in f.uri else {})} for f in inputs]},
     )
     manifest["inputs_skipped"] = discovery.skipped
     manifest["dedup"] = dedup_manifest
+    manifest["decontaminate"] = None if contamination is None else contamination.manifest
     return finish(output, manifest, started)
 
 

@@ -12,10 +12,15 @@ import dataclasses
 import json
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from jobs.config import PrepareConfig
-from jobs.dedup import decide, load_candidate_keys, plan_candidates, read_neighbors, write_neighbors
+from jobs.dedup import DECISION_SCHEMA, decide, load_candidate_keys, plan_candidates, read_neighbors, write_neighbors
 from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, open_output
-from operators.write import MANIFEST, SUCCESS, WORK_DIR, Output
+from operators import schema
+from operators.write import MANIFEST, REMOVED_DIR, SUCCESS, WORK_DIR, Output, list_parquet
 
 
 def run(source: str, threshold: float, output_path: str, overwrite: bool = False) -> dict:
@@ -46,14 +51,34 @@ def run(source: str, threshold: float, output_path: str, overwrite: bool = False
         ensure_ray(config.resources.address, offline=True)  # nothing is embedded or tokenized here
         timings = Timings()
         with timings.stage("resolve"):
-            plan = plan_candidates(load_candidate_keys(src), config.dedup.keep)
+            # Rows the source removed as contaminated stay removed, and out of the keep rule, as they were.
+            contaminated = carried_decisions(src, schema.CONTAMINATED)
+            keys = load_candidate_keys(src)
+            keys = keys.filter(pc.invert(pc.is_in(keys.column(schema.ID), value_set=contaminated.column(schema.ID))))
+            plan = plan_candidates(keys, config.dedup.keep)
             neighbors = read_neighbors(src, plan)
-            decisions, stats = decide(plan, neighbors, config.dedup)
+            decisions, stats = decide(plan, neighbors, config.dedup, config.dedup.against)
+            decisions = pa.concat_tables([contaminated, decisions])
             stats["neighbor_files"] = write_neighbors(output, plan, neighbors)
         manifest = commit(
             config, output, (src, (WORK_DIR, ROWS_CHECKPOINT)), timings, extra={"inputs": old["inputs"]},
             decisions=decisions,
         )
         manifest["inputs_skipped"] = old.get("inputs_skipped", [])
-        manifest["dedup"] = {**stats, "rethreshold_of": source, "vectors": old["dedup"]["vectors"]}
+        manifest["dedup"] = {
+            **stats, "rethreshold_of": source, "vectors": old["dedup"]["vectors"],
+            **{key: old["dedup"][key] for key in ("boilerplate", "references") if key in old["dedup"]},
+        }
+        manifest["decontaminate"] = old.get("decontaminate")
         return finish(output, manifest, started)
+
+
+def carried_decisions(src: Output, reason: str) -> pa.Table:
+    """The source's removals for `reason`, as decisions to apply again."""
+    tables = [
+        pq.read_table(path, columns=DECISION_SCHEMA.names, filesystem=src.fs) for path in list_parquet(src, REMOVED_DIR)
+    ]
+    if not tables:
+        return DECISION_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    return table.filter(pc.equal(table.column(schema.REASON), reason)).cast(DECISION_SCHEMA)

@@ -212,18 +212,23 @@ OUTPUTS = (
 )
 
 
-def apply_decisions(batch: pa.Table, decisions: pa.Table) -> pa.Table:
-    """Mark the rows that dedup removed: status, reason, detail, duplicate_of, similarity."""
+def apply_decisions(batch: pa.Table, decisions: pa.Table | None) -> pa.Table:
+    """Mark the rows that dedup or decontamination removed: status, reason, detail, duplicate_of, similarity,
+    duplicate_of_source (DECIDED_SCHEMA out)."""
+    batch = batch.select(schema.WORK_SCHEMA.names)
+    columns = {name: batch.column(name) for name in batch.column_names}
+    columns[schema.DUPLICATE_OF_SOURCE] = pa.nulls(batch.num_rows, pa.string())
+    if decisions is None or not decisions.num_rows:
+        return pa.table(columns, schema=schema.DECIDED_SCHEMA)
     position = pc.index_in(batch.column(schema.ID), value_set=decisions.column(schema.ID))
     hit = pc.is_valid(position)
     if not pc.any(hit).as_py():
-        return batch
+        return pa.table(columns, schema=schema.DECIDED_SCHEMA)
     taken = decisions.take(pc.fill_null(position, 0))
-    columns = {name: batch.column(name) for name in batch.column_names}
     columns[schema.STATUS] = pc.if_else(hit, schema.REMOVED, batch.column(schema.STATUS))
-    for name in (schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.SIMILARITY):
-        columns[name] = pc.if_else(hit, taken.column(name), batch.column(name))
-    return pa.table(columns, schema=schema.WORK_SCHEMA)
+    for name in (schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.SIMILARITY, schema.DUPLICATE_OF_SOURCE):
+        columns[name] = pc.if_else(hit, taken.column(name), columns[name])
+    return pa.table(columns, schema=schema.DECIDED_SCHEMA)
 
 
 def commit(
@@ -253,11 +258,9 @@ def commit(
     context.execution_options.preserve_order = True
     try:
         with timings.stage("sort"), display.stage("sort", unit="rows") as sorting:
-            ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA)
-            if decisions is not None and decisions.num_rows:
-                ordered = ordered.map_batches(
-                    apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
-                )
+            ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA).map_batches(
+                apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
+            )
             ordered = ordered.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
             sorting.done = ordered.count()
         stats = RowStats()

@@ -80,9 +80,10 @@ class VectorStore:
             return pa.array([], pa.string())
         return pa.chunked_array(hashes, pa.string()).combine_chunks()
 
-    def batches(self, wanted: pa.Array, columns: list[str], batch_rows: int):
-        """(positions in `wanted`, table) for the stored rows whose text_sha1 is in `wanted`, each text once."""
-        seen = np.zeros(len(wanted), dtype=bool)
+    def batches(self, wanted: pa.Array, columns: list[str], batch_rows: int, seen: np.ndarray | None = None):
+        """(positions in `wanted`, table) for the stored rows whose text_sha1 is in `wanted`, each text once
+        (`seen`, shared when several stores are read in turn, marks the texts already yielded)."""
+        seen = np.zeros(len(wanted), dtype=bool) if seen is None else seen
         for path in self.files():
             for record_batch in pq.ParquetFile(path, filesystem=self.output.fs).iter_batches(
                 batch_size=batch_rows, columns=[TEXT_SHA1, *columns]

@@ -21,6 +21,8 @@ DEDUP_ON = ("conversation", "user", "assistant")
 DEDUP_TEXT = "dedup_text"
 DEDUP_KEY = "dedup_key"
 TEXT_SHA1 = "text_sha1"  # of the exact text embedded: the vectors checkpoint is keyed by content
+REFERENCE = "reference"  # index of the --against path a reference row comes from; null for input rows
+BOILERPLATE = "boilerplate"  # paragraphs left out of the embedded text (operators/boilerplate.py)
 _WHITESPACE = re.compile(r"\s+")
 
 CANDIDATE_SCHEMA = pa.schema(
@@ -32,6 +34,8 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field(DEDUP_KEY, pa.string()),
         pa.field(TEXT_SHA1, pa.string()),
         pa.field(DEDUP_TEXT, pa.string()),
+        pa.field(REFERENCE, pa.int32()),
+        pa.field(BOILERPLATE, pa.int32()),
     ]
 )
 
@@ -48,33 +52,70 @@ def exact_key(text: str) -> str:
     return hashlib.sha1(normalized.encode()).hexdigest()
 
 
-def candidates(batch: pa.Table, dedup_on: str) -> pa.Table:
-    """Ray stage: the kept rows of a WORK_SCHEMA batch, with their dedup text and exact key."""
-    kept = batch.filter(pc.equal(batch.column(schema.STATUS), schema.KEPT))
-    texts = [dedup_text(messages, dedup_on) for messages in kept.column(schema.MESSAGES).to_pylist()]
+def candidates(
+    batch: pa.Table, dedup_on: str, boilerplate: frozenset[int] = frozenset(), reference: int | None = None
+) -> pa.Table:
+    """Ray stage: the kept rows of a WORK_SCHEMA batch, with their dedup text and exact key.
+
+    The exact key is of the whole dedup text; the text embedded (DEDUP_TEXT, TEXT_SHA1) leaves out the
+    `boilerplate` paragraphs (operators/boilerplate.py). Rows of a reference (--against) get ids prefixed
+    `r<reference>:` so they never collide with input ids (the same file given as input and reference)."""
+    from operators.boilerplate import strip_boilerplate
+
+    if schema.STATUS in batch.column_names:
+        batch = batch.filter(pc.equal(batch.column(schema.STATUS), schema.KEPT))
+    keys, texts, left_out = [], [], []
+    for messages in batch.column(schema.MESSAGES).to_pylist():
+        whole = dedup_text(messages, dedup_on)
+        keys.append(exact_key(whole))
+        if boilerplate:
+            stripped, count = strip_boilerplate(messages, dedup_on, boilerplate)
+            texts.append(dedup_text(stripped, dedup_on) if count else whole)
+            left_out.append(count)
+        else:
+            texts.append(whole)
+            left_out.append(0)
+    ids = batch.column(schema.ID)
+    if reference is not None:
+        ids = pc.binary_join_element_wise(f"r{reference}", ids, ":")
     return pa.Table.from_pydict(
         {
-            schema.ID: kept.column(schema.ID),
-            schema.SOURCE: kept.column(schema.SOURCE),
-            schema.SOURCE_ROW: kept.column(schema.SOURCE_ROW),
-            schema.RESPONSE_TOKENS: kept.column(schema.RESPONSE_TOKENS),
-            DEDUP_KEY: [exact_key(t) for t in texts],
+            schema.ID: ids,
+            schema.SOURCE: batch.column(schema.SOURCE),
+            schema.SOURCE_ROW: batch.column(schema.SOURCE_ROW),
+            schema.RESPONSE_TOKENS: batch.column(schema.RESPONSE_TOKENS),
+            DEDUP_KEY: keys,
             TEXT_SHA1: [hashlib.sha1(t.encode()).hexdigest() for t in texts],
             DEDUP_TEXT: texts,
+            REFERENCE: pa.array([reference] * batch.num_rows, pa.int32()),
+            BOILERPLATE: pa.array(left_out, pa.int32()),
         },
         schema=CANDIDATE_SCHEMA,
     )
 
 
+def reference_index(candidate_id: str) -> tuple[int, str] | None:
+    """(reference, original id) of a reference candidate's id, None for an input row's id."""
+    if not candidate_id.startswith("r") or ":" not in candidate_id:
+        return None
+    prefix, original = candidate_id.split(":", 1)
+    return int(prefix[1:]), original
+
+
 def priority_order(table: pa.Table, keep: str) -> np.ndarray:
     """Indices of `table` in priority order (docs/architecture.md, "Priority").
 
-    `first` and `none`: (source, source_row); `longest`: (-response_tokens, source, source_row).
+    `first` and `none`: (source, source_row); `longest`: (-response_tokens, source, source_row). Reference rows
+    (--against) come before every input row, by (reference, source, source_row).
     """
     keys = [(schema.SOURCE, "ascending"), (schema.SOURCE_ROW, "ascending")]
     if keep == "longest":
         table = table.append_column("_neg", pc.negate(table.column(schema.RESPONSE_TOKENS)))
         keys = [("_neg", "ascending"), *keys]
+    if REFERENCE in table.column_names and table.column(REFERENCE).null_count < table.num_rows:
+        # Inputs (null) sort after every reference: fill with a value above any reference index.
+        table = table.append_column("_ref", pc.fill_null(table.column(REFERENCE), 2**31 - 1))
+        keys = [("_ref", "ascending"), *keys]
     return pc.sort_indices(table, sort_keys=keys).to_numpy()
 
 

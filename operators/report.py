@@ -31,10 +31,15 @@ STAGE_OF_REASON = {
     schema.TEMPLATE_ERROR: "tokenize",
     schema.TOO_LONG: "length_filter",
     schema.TOO_SHORT: "length_filter",
+    schema.CONTAMINATED: "decontaminate",
+    schema.IN_REFERENCE: "reference",
     schema.EXACT_DUPLICATE: "exact_dedup",
     schema.NEAR_DUPLICATE: "near_dedup",
 }
-STAGES = ("read", "normalize", "tokenize", "length_filter", "exact_dedup", "near_dedup")
+# decontaminate runs first; a row that duplicates a reference is removed in_reference whether the copy is exact
+# or near, so "reference" is counted before the dedup stages proper.
+STAGES = ("read", "normalize", "tokenize", "length_filter", "decontaminate", "reference", "exact_dedup", "near_dedup")
+OPTIONAL_STAGES = ("decontaminate", "reference")  # in the funnel only when they removed a row
 TOKEN_COLUMNS = (schema.NUM_TOKENS, schema.PROMPT_TOKENS, schema.RESPONSE_TOKENS)
 PERCENTILES = (50, 90, 99)
 EXAMPLE_DETAIL_CHARS = 300
@@ -146,6 +151,8 @@ class RowStats:
         funnel, remaining = [], read
         for stage in STAGES:
             dropped = {r: n for r, n in sorted(self.by_reason.items()) if STAGE_OF_REASON.get(r) == stage}
+            if stage in OPTIONAL_STAGES and not dropped:
+                continue
             funnel.append({"stage": stage, "in": remaining, "dropped": dropped, "out": remaining - sum(dropped.values())})
             remaining -= sum(dropped.values())
         return {

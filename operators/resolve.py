@@ -63,7 +63,7 @@ def _edges(n: int, pairs_a, pairs_b, pairs_sim, threshold: float) -> tuple[np.nd
     return a[edge].astype(np.int64, copy=False), b[edge].astype(np.int64, copy=False), s[edge]
 
 
-def _best_per_row(rows: np.ndarray, other: np.ndarray, sim: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def best_per_row(rows: np.ndarray, other: np.ndarray, sim: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the `other` with the highest sim (ties to the lower rank); -1 / NaN where none."""
     top = np.full(n, -np.inf, np.float32)
     np.maximum.at(top, rows, sim)
@@ -130,7 +130,7 @@ def resolve_greedy(n: int, pairs_a, pairs_b, pairs_sim, threshold: float) -> Res
     kept = _greedy_kept(n, a, b)
     # duplicate_of: the most similar kept lower neighbour (ties to the lower rank).
     link = kept[a] & ~kept[b]
-    duplicate_of, similarity = _best_per_row(b[link], a[link], s[link], n)
+    duplicate_of, similarity = best_per_row(b[link], a[link], s[link], n)
     if np.any(~kept & (duplicate_of < 0)):
         raise AssertionError("greedy keep rule removed a row without a kept near-duplicate (bug)")
     return Resolution(kept, duplicate_of, similarity)
@@ -145,7 +145,7 @@ def resolve_none(n: int, pairs_a, pairs_b, pairs_sim, threshold: float) -> Resol
     a, b, s = _edges(n, pairs_a, pairs_b, pairs_sim, threshold)
     rows = np.concatenate([a, b])
     other = np.concatenate([b, a])
-    duplicate_of, similarity = _best_per_row(rows, other, np.concatenate([s, s]), n)
+    duplicate_of, similarity = best_per_row(rows, other, np.concatenate([s, s]), n)
     return Resolution(duplicate_of < 0, duplicate_of, similarity)
 
 

@@ -26,6 +26,9 @@ NUM_TOKENS = "num_tokens"
 PROMPT_TOKENS = "prompt_tokens"
 RESPONSE_TOKENS = "response_tokens"
 DUPLICATE_OF = "duplicate_of"
+# Where the row named by duplicate_of lives when it is not in this output: a reference (--against) or a
+# benchmark (--decontaminate) row, as "<source>#<source_row> in <PATH>". Null otherwise.
+DUPLICATE_OF_SOURCE = "duplicate_of_source"
 SIMILARITY = "similarity"
 
 KEPT = "kept"
@@ -47,6 +50,8 @@ TOO_LONG = "too_long"
 TOO_SHORT = "too_short"
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
+IN_REFERENCE = "in_reference"  # an exact or near duplicate of a row of --against (jobs/references.py)
+CONTAMINATED = "contaminated"  # a user turn matches a --decontaminate benchmark prompt (jobs/decontaminate.py)
 
 REMOVAL_REASONS = (
     EMPTY_CONVERSATION,
@@ -62,6 +67,8 @@ REMOVAL_REASONS = (
     TOO_SHORT,
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
+    IN_REFERENCE,
+    CONTAMINATED,
 )
 
 # --- rejection errors (row could not be read or understood at all) --------------------------------
@@ -141,8 +148,11 @@ REMOVED_SCHEMA = pa.schema(
         pa.field(SIMILARITY, pa.float32()),
         pa.field(MESSAGES, MESSAGES_TYPE),
         pa.field(NUM_TOKENS, pa.int32()),
+        pa.field(DUPLICATE_OF_SOURCE, pa.string()),
     ]
 )
+# The rows checkpoint as the commit sees it, once the dedup decisions are applied (jobs/runtime.py).
+DECIDED_SCHEMA = WORK_SCHEMA.append(pa.field(DUPLICATE_OF_SOURCE, pa.string()))
 ERROR = "error"
 REJECTED_SCHEMA = pa.schema(
     [
