@@ -30,10 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         "rethreshold",
         help="re-derive an output for another near-duplicate threshold, without embedding again",
         description="Apply the keep rule at a new --threshold to the pairs an output recorded (any threshold "
-        ">= its record threshold) and write a new complete output.",
+        ">= its record threshold), or at the threshold that keeps --target-rows rows, and write a new complete "
+        "output.",
     )
     rethreshold.add_argument("source", metavar="OUT", help="a complete chatsieve output")
-    rethreshold.add_argument("--threshold", type=float, required=True, help="the new cosine threshold")
+    target = rethreshold.add_mutually_exclusive_group(required=True)
+    target.add_argument("--threshold", type=float, help="the new cosine threshold")
+    target.add_argument(
+        "--target-rows", type=int, metavar="N",
+        help="pick the threshold that keeps as close to N rows as the recorded pairs allow (it is printed)",
+    )
     rethreshold.add_argument("--output", required=True, help="where to write the new output")
     rethreshold.add_argument("--overwrite", action="store_true", help="replace a complete output there")
 
@@ -116,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import rethreshold
 
         return run_command(
-            args, lambda: rethreshold.run(args.source, args.threshold, args.output, args.overwrite), args.output
+            args,
+            lambda: rethreshold.run(args.source, args.threshold, args.output, args.overwrite, args.target_rows),
+            args.output,
         )
     from jobs import prepare
 

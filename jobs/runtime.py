@@ -422,6 +422,11 @@ def summary_table(manifest: dict, output: str) -> str:
             example = rows.get("examples", {}).get(reason)
             where = f"{example['source']} row {example['source_row']}: {example['detail']}" if example else ""
             lines.append(f"  {reason:<20}{count:>8}  {where}"[:400])
+    chosen = (manifest.get("dedup") or {}).get("target_rows")
+    if chosen:
+        same = f" (any threshold in ({chosen['same_result_above']:.7g}, {chosen['threshold']:.7g}] gives these rows)" \
+            if chosen["same_result_above"] is not None else ""
+        lines.append(f"--target-rows {chosen['target']}: threshold {chosen['threshold']:.7g} keeps {chosen['kept']} rows{same}")
     timings = manifest["timings_s"]
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     lines.append(f"output: {output} (data/, removed/, rejected/, manifest.json, README.md)")
