@@ -56,7 +56,7 @@ class DedupConfig:
     against: tuple[str, ...] = ()
     # Paragraphs in more than this many distinct dedup texts are left out of the embedded text
     # (operators/boilerplate.py); 0 turns it off. Chosen from benchmarks/boilerplate.py on ../shared/data.
-    boilerplate_min_rows: int = 20
+    boilerplate_min_rows: int = 100
 
     def __post_init__(self):
         object.__setattr__(self, "against", _as_paths(self.against))
@@ -285,7 +285,7 @@ OPTIONS: tuple[Option, ...] = (
            convert=_as_paths, flag_kwargs={"nargs": "+", "action": "extend"}),
     Option("boilerplate_min_rows", "dedup", "boilerplate_min_rows",
            "paragraphs (64+ characters) found in more than this many distinct rows are left out of the text "
-           "compared for near duplicates, never out of the output (default: 20; 0: off)", type=int),
+           "compared for near duplicates, never out of the output (default: 100; 0: off)", type=int),
     Option("decontaminate", "decontaminate", "paths",
            "benchmark prompts (any supported format, or rows with prompt/question/instruction/input or a "
            "turns list): an input row whose user turn matches one is removed as contaminated. Repeat for several.",
