@@ -136,6 +136,57 @@ def pair_views(output: Output, closest: pa.Table, furthest: pa.Table) -> dict[st
     }
 
 
+CONTAMINATED_SHOWN = 20  # per benchmark file
+
+
+def contamination_views(output: Output, k: int = CONTAMINATED_SHOWN) -> list[dict]:
+    """Per benchmark file: its contaminated rows (the first k by id) beside the benchmark prompt they matched.
+
+    removed/ is streamed on four narrow columns; the prompts come from _work/benchmarks/ (absent from a copy
+    of the output without _work/: the page then says so)."""
+    from jobs.decontaminate import BENCHMARKS_DIR, PROMPTS_FILE
+    from operators.write import WORK_DIR
+
+    columns = [schema.ID, schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.DUPLICATE_OF_SOURCE]
+    by_file: dict[str, list[dict]] = {}
+    counts: dict[str, int] = {}
+    for batch in _batches(output, REMOVED_DIR, columns):
+        table = pa.Table.from_batches([batch])
+        for row in table.filter(pc.equal(table.column(schema.REASON), schema.CONTAMINATED)).to_pylist():
+            where = row[schema.DUPLICATE_OF_SOURCE] or "?"
+            source_file = where.split("#", 1)[0]
+            counts[source_file] = counts.get(source_file, 0) + 1
+            rows = by_file.setdefault(source_file, [])
+            rows.append(row)
+            rows.sort(key=lambda r: r[schema.ID])
+            del rows[k:]
+    if not by_file:
+        return []
+    prompts: dict[str, list[str]] = {}
+    if output.exists(WORK_DIR, BENCHMARKS_DIR, PROMPTS_FILE):
+        wanted = sorted({r[schema.DUPLICATE_OF] for rows in by_file.values() for r in rows})
+        table = pq.read_table(output.child_path(WORK_DIR, BENCHMARKS_DIR, PROMPTS_FILE), filesystem=output.fs,
+                              columns=["row_id", "turn", "dedup_text"], filters=[("row_id", "in", wanted)])
+        for row in table.sort_by([("row_id", "ascending"), ("turn", "ascending")]).to_pylist():
+            prompts.setdefault(row["row_id"], []).append(row["dedup_text"])
+    found = lookup_rows(output, sorted(r[schema.ID] for rows in by_file.values() for r in rows))
+    views = []
+    for source_file in sorted(by_file):
+        shown = []
+        for row in by_file[source_file]:
+            training = found.get(row[schema.ID], {})
+            text = prompts.get(row[schema.DUPLICATE_OF])
+            shown.append({
+                "id": row[schema.ID], "detail": row[schema.DETAIL], "where": row[schema.DUPLICATE_OF_SOURCE],
+                "source": training.get(schema.SOURCE, "?"), "source_row": training.get(schema.SOURCE_ROW, "?"),
+                "messages": message_view(training.get(schema.MESSAGES)),
+                "prompts": message_view([{"role": f"prompt {i}" if len(text) > 1 else "prompt", "content": t}
+                                         for i, t in enumerate(text)]) if text else [],
+            })
+        views.append({"file": source_file, "rows": counts[source_file], "shown": shown})
+    return views
+
+
 # --- writing report/ and the card ------------------------------------------------------------------------
 def _write_bytes(output: Output, name: str, data: bytes) -> None:
     with output.fs.open_output_stream(output.child_path(REPORT_DIR, name)) as stream:
@@ -166,6 +217,7 @@ def write_report(output: Output, manifest: dict, scale: str = "auto") -> list[st
         pairs = pair_views(output, closest, furthest)
     else:
         pairs = {"closest": [], "furthest": []}
+    contamination = contamination_views(output) if manifest.get("decontaminate") else []
     rethreshold_of = (manifest.get("dedup") or {}).get("rethreshold_of")
     if rethreshold_of:
         notes.append(f"Rethresholded from {rethreshold_of} at threshold {dedup['threshold']}.")
@@ -175,7 +227,7 @@ def write_report(output: Output, manifest: dict, scale: str = "auto") -> list[st
             _write_bytes(output, name, images[key])
             written.append(f"{REPORT_DIR}/{name}")
     # The output's name, not the host path: the page travels with the dataset (uploaded, shared).
-    html = render_html(manifest, output.name, images, pairs, notes)
+    html = render_html(manifest, output.name, images, pairs, notes, contamination)
     _write_bytes(output, HTML, html.encode())
     output.write_text(CARD, render_card(manifest))
     written += [f"{REPORT_DIR}/{HTML}", CARD]

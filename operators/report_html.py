@@ -146,6 +146,8 @@ DEDUP_LABELS = {
     "exact_duplicate_groups": "groups of exact copies",
     "exact_duplicates_removed": "exact copies removed",
     "near_duplicates_removed": "near-duplicates removed",
+    "in_reference_removed": "rows removed as duplicates of a reference row (--against)",
+    "vectors.from_references": "vectors read from the references' stores",
     "pairs_recorded": "similar pairs recorded (neighbors/pairs)",
     "pairs_at_or_above_threshold": "pairs at or above the threshold",
     "pairs_within_1e-6_of_threshold": "pairs so close to the threshold that float rounding may decide them",
@@ -170,8 +172,8 @@ def dedup_rows(manifest: dict) -> list[tuple[str, str, object]]:
     """The scalar dedup statistics of the manifest, flattened: (label in words, JSON key, value)."""
     out = []
     for key, value in (manifest.get("dedup") or {}).items():
-        if key == "neighbor_files":
-            continue
+        if key in ("neighbor_files", "boilerplate", "references", "target_rows"):
+            continue  # sections and lines of their own
         if isinstance(value, dict):
             out.extend((DEDUP_LABELS.get(f"{key}.{k}", f"{key}.{k}"), f"{key}.{k}", v) for k, v in value.items())
         else:
@@ -185,9 +187,11 @@ def render_html(
     images: dict[str, bytes],
     pairs: dict[str, list[dict]],
     notes: list[str],
+    contamination: list[dict] = (),
 ) -> str:
     """The report page. `images`: name -> PNG bytes ('token_lengths', 'similarity'); `pairs`:
-    'closest'/'furthest' -> [{similarity, kept: row, removed: row}]; `notes`: sentences shown on top."""
+    'closest'/'furthest' -> [{similarity, kept: row, removed: row}]; `notes`: sentences shown on top;
+    `contamination`: per benchmark file, its contaminated rows beside the prompts (jobs/report.py)."""
     template = _environment(autoescape=True).get_template("report.html.jinja")
     return template.render(
         m=manifest,
@@ -200,6 +204,10 @@ def render_html(
         tokens=token_rows(manifest),
         dedup_stats=dedup_rows(manifest),
         views=HISTOGRAM_VIEWS,
+        contamination=list(contamination),
+        decontaminate=manifest.get("decontaminate"),
+        boilerplate=(manifest.get("dedup") or {}).get("boilerplate"),
+        references=(manifest.get("dedup") or {}).get("references") or [],
     )
 
 
@@ -225,4 +233,6 @@ def render_card(manifest: dict) -> str:
         embedder_hub=BUILTIN_EMBEDDER_HUB.get(embedder),
         kept_tokens=(manifest.get("tokens") or {}).get("kept") or {},
         token_columns=TOKEN_COLUMNS,
+        decontaminate=manifest.get("decontaminate"),
+        boilerplate=(manifest.get("dedup") or {}).get("boilerplate"),
     )
