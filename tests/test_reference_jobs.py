@@ -62,7 +62,8 @@ def corpus(shared_data, tmp_path_factory):
         json.dumps({"question_id": 1, "turns": ["An unrelated first prompt about knitting socks.", reworded]}) + "\n"
         + json.dumps({"question": short_prompt["instruction"], "answer": "x"}) + "\n"
     )
-    return {"root": root, "planted": planted, "new_rows": new_rows, "long": long_prompt, "short": short_prompt}
+    return {"root": root, "planted": planted, "new_rows": new_rows, "long": long_prompt, "short": short_prompt,
+            "reworded": reworded}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,20 @@ def test_benchmark_prompts_remove_the_rows_that_contain_them(runs, corpus):
     stages = [s["stage"] for s in runs["incremental"]["rows"]["stages"]]
     assert stages.index("decontaminate") < stages.index("reference") < stages.index("exact_dedup")
     assert json.loads((root / "out-inc" / "manifest.json").read_text())["rows"]["by_reason"][schema.CONTAMINATED] == 2
+    # the report shows each contaminated row beside the prompt it matched; the card names the benchmark
+    import html
+
+    page = html.unescape((root / "out-inc" / "report" / "report.html").read_text())
+    section = page[page.index("Benchmark contamination"):]
+    assert "bench.jsonl: 2 contaminated rows" in section
+    long_tr = section[section.index(long_id):]
+    long_tr = long_tr[: long_tr.index("</tr>")]
+    assert corpus["reworded"] in long_tr and corpus["long"]["instruction"] in long_tr
+    short_tr = section[section.index(short_id):]
+    assert short_tr[: short_tr.index("</tr>")].count(corpus["short"]["instruction"]) == 2  # the row, the prompt
+    assert 'id="references"' in page and "chatsieve output" in page
+    card = (root / "out-inc" / "README.md").read_text()
+    assert "## Benchmark decontamination" in card and "removed as `in_reference`" in card
 
 
 def test_rethreshold_target_rows_picks_the_threshold_and_refuses_out_of_reach(runs, corpus, tmp_path):
