@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -124,6 +125,9 @@ def quiet_ray() -> None:
     context.print_on_execution_start = False
     for name in ("ray", "ray.data", "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data warns when an actor pool gets fewer blocks than actors (a small input read by one task): the
+    # pool just runs fewer actors, nothing for the user to do.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 # --- the output: lock, resume check, clean-up of a failed first attempt -----------------------------------

@@ -126,7 +126,8 @@ def test_a_default_run_is_quiet_and_says_what_it_does(tmp_path):
     lines = (done.stdout + done.stderr).splitlines()
     assert len(lines) <= 60, "\n".join(lines)
     text = "\n".join(lines)
-    for noise in ("Token authentication", "core_worker", "logging_progress", "streaming_executor", "Loading weights"):
+    for noise in ("Token authentication", "core_worker", "logging_progress", "streaming_executor", "Loading weights",
+                  "UserWarning"):
         assert noise not in text
     for stage in ("read", "embed", "search", "sort", "write"):
         assert any(line.startswith(f"{stage:<10}") and "done in" in line for line in lines), stage
