@@ -53,7 +53,10 @@ def check_submitted_job_paths(config: PrepareConfig) -> None:
     that does not exist there almost surely meant the submitter's directory, which the job cannot see."""
     if not in_submitted_job():
         return
-    candidates = [p for p in config.inputs if p != "sample" and not p.startswith("hf:")] + [config.output.path]
+    candidates = [
+        p for p in (*config.inputs, *config.dedup.against, *config.decontaminate.paths)
+        if p != "sample" and not p.startswith("hf:")
+    ] + [config.output.path]
     for path in candidates:
         if "://" in path or os.path.isabs(path):
             continue
