@@ -549,11 +549,12 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
               excluded: pa.Array | None = None) -> DedupOutcome:
     """Near-duplicate removal over the kept input rows (minus `excluded`, rows already removed by
     decontamination), with the --against references ranked first."""
-    from jobs.references import build_reference_candidates
+    from jobs.references import REFERENCE_CANDIDATES_DIR, build_reference_candidates
 
     with timings.stage("exact_dedup"):
         boilerplate, boilerplate_summary = find_boilerplate(config, rows, references)
         build_candidates(config, output, rows, boilerplate)
+        output.delete_dir(WORK_DIR, REFERENCE_CANDIDATES_DIR)  # an earlier run's references never mix in
         if references:
             build_reference_candidates(config, output, references, boilerplate)
         keys = load_candidate_keys(output)
