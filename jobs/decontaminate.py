@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.dedup import DECISION_SCHEMA
 from jobs.resources import IO_TASK_CPUS
 from operators import schema
 from operators.contamination import NGRAM, NGRAM_PROMPT, ROW_ID, TURN, NgramIndex, prompts_of, user_turns
@@ -102,8 +103,6 @@ class Outcome:
 
 
 def run_decontaminate(config, output: Output, rows: tuple[Output, tuple[str, ...]], benchmarks: Benchmarks, timings) -> Outcome:
-    from jobs.dedup import DECISION_SCHEMA
-
     settings = config.decontaminate
     prompts = benchmarks.prompts
     output.fs.create_dir(output.child_path(WORK_DIR, BENCHMARKS_DIR), recursive=True)
@@ -247,17 +246,8 @@ def _decisions(by_ngram: pa.Table, by_embedding: pa.Table, prompt_index: np.ndar
     return pa.Table.from_pylist(rows, schema=_DECISIONS) if rows else _DECISIONS.empty_table()
 
 
-_DECISIONS = pa.schema(
-    [
-        pa.field(schema.ID, pa.string()),
-        pa.field(schema.REASON, pa.string()),
-        pa.field(schema.DETAIL, pa.string()),
-        pa.field(schema.DUPLICATE_OF, pa.string()),
-        pa.field(schema.SIMILARITY, pa.float32()),
-        pa.field(schema.DUPLICATE_OF_SOURCE, pa.string()),
-        pa.field("benchmark", pa.string()),
-    ]
-)
+# The decisions of jobs/dedup.py plus the benchmark each row matched (counted per benchmark in the manifest).
+_DECISIONS = DECISION_SCHEMA.append(pa.field("benchmark", pa.string()))
 
 
 def _prompt_name(prompt: dict) -> str:
