@@ -26,7 +26,9 @@ Why the results do not depend on sharding or batching (the contract, tested exac
   decision as well, so we make it ourselves (`_Centroids`): float32 scores from numpy, the close calls
   re-decided with `pair_similarity`, ties to the lower list id, then FAISS's preassigned add/search. All
   shards share one trained quantizer (docs/notes.md), so they partition the space identically and an IVF search
-  over S shards probes exactly the vectors one index would.
+  over S shards probes exactly the vectors one index would. The assignment of a batch is computed once, by
+  the caller (`CoarseAssigner`), and handed to every shard: S shards no longer score every query against
+  every centroid S times.
 
 GPU (`IndexConfig.gpu`, flat only): the k-NN pass runs on a GPU copy of the shard (k <= 2048 there);
 GPU flat indexes have no range search (docs/notes.md), so the re-search of the queries that hit the bound runs
@@ -305,6 +307,40 @@ def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
     return _faiss().serialize_index(index).tobytes()
 
 
+class CoarseAssigner:
+    """The IVF coarse assignment of a trained quantizer, computed once per batch for every shard.
+
+    Each shard would otherwise score every query batch against every centroid itself: S times the same work
+    (at nlist ~ 4*sqrt(n), as much as the search itself). The assignment is a function of the vector and the
+    centroids only (`_Centroids`), so computing it once and handing it to every shard changes nothing.
+    """
+
+    def __init__(self, trained: bytes, nprobe: int):
+        index = _faiss().deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+        quantizer = _faiss().downcast_index(index.quantizer)
+        centroids = _faiss().rev_swig_ptr(quantizer.get_xb(), index.nlist * index.d).reshape(index.nlist, index.d)
+        self._centroids = _Centroids(centroids.copy(), _margin(index.d))
+        self.nprobe = min(nprobe, index.nlist)
+
+    def lists(self, vectors: np.ndarray) -> np.ndarray:
+        """[n, 1] the list each vector is added to."""
+        return self._centroids.top(np.asarray(vectors, dtype=np.float32), 1)
+
+    def probes(self, queries: np.ndarray) -> np.ndarray:
+        """[n, nprobe] the lists each query probes, sorted by list id."""
+        return self._centroids.top(np.asarray(queries, dtype=np.float32), self.nprobe)
+
+
+def _check_assignment(assignment: np.ndarray, rows: int, width: int, nlist: int) -> np.ndarray:
+    assignment = np.asarray(assignment)
+    if assignment.shape != (rows, width) or not np.issubdtype(assignment.dtype, np.integer):
+        raise ValueError(f"IVF list assignment must be an integer array of shape {(rows, width)}, got "
+                         f"{assignment.dtype} {assignment.shape}")
+    if rows and (assignment.min() < 0 or assignment.max() >= nlist):
+        raise ValueError(f"IVF list ids must be in [0, {nlist})")
+    return assignment.astype(np.int64, copy=False)
+
+
 def _resolve_threads(omp_threads: int, shards: int) -> int:
     if omp_threads > 0:
         return omp_threads
@@ -368,8 +404,9 @@ class IndexShard:
     def size(self) -> int:
         return int(self._index.ntotal)
 
-    def add(self, ranks: np.ndarray, vectors: np.ndarray) -> int:
-        """Add this shard's rows of the batch; returns how many it kept."""
+    def add(self, ranks: np.ndarray, vectors: np.ndarray, lists: np.ndarray | None = None) -> int:
+        """Add this shard's rows of the batch; returns how many it kept. ivf: `lists` is each row's list
+        (`CoarseAssigner.lists`, computed once for every shard), computed here when None."""
         ranks, vectors = _check_batch(ranks, vectors, self.dim)
         mine = ranks % self.config.shards == self.shard_id
         ranks, vectors = ranks[mine], vectors[mine]
@@ -378,7 +415,11 @@ class IndexShard:
         if self._centroids is None:
             self._index.add(vectors)
         else:
-            lists = np.ascontiguousarray(self._centroids.top(vectors, 1)[:, 0])
+            if lists is None:
+                lists = self._centroids.top(vectors, 1)[:, 0]
+            else:
+                lists = _check_assignment(lists, len(mine), 1, self._centroids.nlist).reshape(-1)[mine]
+            lists = np.ascontiguousarray(lists, dtype=np.int64)
             ids = np.arange(self._index.ntotal, self._index.ntotal + len(ranks), dtype=np.int64)
             _ivf_tools().add_preassigned(self._index, vectors, lists, ids)
             self._vectors.append(vectors)
@@ -418,8 +459,13 @@ class IndexShard:
             return _ivf_tools().range_search_preassigned(self._index, q, float(radius), probes)
         return self._index.range_search(q, float(radius))
 
-    def search(self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float) -> ShardResult:
-        """Best other neighbour of each query in this shard, and its pairs >= record_threshold (query rank lower)."""
+    def search(
+        self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float, probes: np.ndarray | None = None
+    ) -> ShardResult:
+        """Best other neighbour of each query in this shard, and its pairs >= record_threshold (query rank lower).
+
+        ivf: `probes` are the lists each query probes (`CoarseAssigner.probes`, computed once per batch for every
+        shard: the assignment is the same function everywhere), computed here when None."""
         qr, q = _check_batch(query_ranks, queries, self.dim)
         t = _check_threshold(record_threshold, "record_threshold")
         ranks, base = self._storage()
@@ -429,7 +475,13 @@ class IndexShard:
         radius = np.float32(t - margin)
         bound = self.config.max_neighbors + 1
         k = min(bound, len(ranks))
-        probes = None if self._centroids is None else self._centroids.top(q, self._index.nprobe)
+        if self._centroids is None:
+            probes = None
+        elif probes is None:
+            probes = self._centroids.top(q, self._index.nprobe)
+        else:
+            probes = _check_assignment(probes, len(qr), min(self._index.nprobe, self._centroids.nlist),
+                                       self._centroids.nlist)
 
         dist, ids = self._knn(q, k, probes)
         valid = ids >= 0
@@ -556,14 +608,18 @@ def search_in_process(
         nlist = config.resolved_nlist(n)
         trained = train_quantizer(vectors[position[training_sample_ranks(n, nlist)]], nlist)
     shards = [IndexShard(config, dim, trained, shard_id=s) for s in range(config.shards)]
+    assigner = CoarseAssigner(trained, config.nprobe) if config.kind == "ivf" else None
     for start in range(0, n, QUERY_BATCH):
+        batch = vectors[start:start + QUERY_BATCH]
+        lists = None if assigner is None else assigner.lists(batch)
         for shard in shards:
-            shard.add(ranks[start:start + QUERY_BATCH], vectors[start:start + QUERY_BATCH])
-    results = [
-        shard.search(ranks[start:start + QUERY_BATCH], vectors[start:start + QUERY_BATCH], record_threshold)
-        for start in range(0, n, QUERY_BATCH)
-        for shard in shards
-    ]
+            shard.add(ranks[start:start + QUERY_BATCH], batch, lists)
+    results = []
+    for start in range(0, n, QUERY_BATCH):
+        batch = vectors[start:start + QUERY_BATCH]
+        probes = None if assigner is None else assigner.probes(batch)
+        for shard in shards:
+            results.append(shard.search(ranks[start:start + QUERY_BATCH], batch, record_threshold, probes))
     neighbors = merge(n, results)
     logger.info(
         "%s index, %d shards, %d rows: %d pairs >= %.4f, %d queries re-searched, %.1f s",
@@ -637,10 +693,13 @@ def search_with_ray(
 
         added, queried = 0, 0
         pending: list = []
+        # ivf: the coarse assignment is computed once per batch here and sent to every shard (CoarseAssigner).
+        assigner = CoarseAssigner(trained, config.nprobe) if config.kind == "ivf" else None
         for r, v in batches():
             r, v = _check_batch(r, v, dim)
             r_ref, v_ref = ray.put(r), ray.put(v)
-            pending.append([actor.add.remote(r_ref, v_ref) for actor in actors])
+            lists = None if assigner is None else ray.put(assigner.lists(v))
+            pending.append([actor.add.remote(r_ref, v_ref, lists) for actor in actors])
             if len(pending) > max_in_flight:
                 added += sum(ray.get(pending.pop(0)))
         for refs in pending:
@@ -654,7 +713,8 @@ def search_with_ray(
             r, v = _check_batch(r, v, dim)
             queried += len(r)
             r_ref, v_ref = ray.put(r), ray.put(v)
-            pending.append([actor.search.remote(r_ref, v_ref, float(t)) for actor in actors])
+            probes = None if assigner is None else ray.put(assigner.probes(v))
+            pending.append([actor.search.remote(r_ref, v_ref, float(t), probes) for actor in actors])
             if len(pending) > max_in_flight:
                 done = ray.get(pending.pop(0))
                 results.extend(done)

@@ -315,3 +315,30 @@ def test_best_neighbour_ties_beyond_the_bound_go_to_the_lowest_rank():
         assert np.all(nb.best_rank[ranks[201:]] == q_rank)
         assert nb.researched >= 1
         _assert_same(nb, results[0])
+
+
+def test_a_shared_coarse_assignment_is_the_one_each_shard_would_compute():
+    """CoarseAssigner computes a batch's IVF lists once for every shard: the same lists, the same results."""
+    from operators.index import CoarseAssigner, train_quantizer
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    x[1500:1600] = x[:100] + rng.normal(0, 0.02, (100, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    config = IndexConfig(kind="ivf", shards=3, nlist=40, nprobe=4)
+    trained = train_quantizer(x[::3], 40)
+    assigner = CoarseAssigner(trained, config.nprobe)
+    ranks = np.arange(len(x))
+    own = [IndexShard(config, 16, trained, shard_id=s) for s in range(3)]
+    shared = [IndexShard(config, 16, trained, shard_id=s) for s in range(3)]
+    lists = assigner.lists(x)
+    for a, b in zip(own, shared):
+        assert a.add(ranks, x) == b.add(ranks, x, lists)
+    probes = assigner.probes(x)
+    assert probes.shape == (len(x), 4) and np.all(np.diff(probes, axis=1) > 0)
+    for a, b in zip(own, shared):
+        ra, rb = a.search(ranks, x, 0.9), b.search(ranks, x, 0.9, probes)
+        for field in ("pairs_a", "pairs_b", "pairs_sim", "best_rank", "best_sim"):
+            np.testing.assert_array_equal(getattr(ra, field), getattr(rb, field))
+    with pytest.raises(ValueError, match="shape"):
+        shared[0].search(ranks, x, 0.9, probes[:, :2])
