@@ -308,8 +308,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("embed_quantize", "embed", "quantize",
            "int8 weights (with --embed-backend onnx): faster, but moves similarities by up to ~0.06; none is "
            "fp32 (default: none)", choices=("none", "int8"), convert=lambda v: None if v in (None, "none") else v),
-    Option("index", "index", "kind", "flat (exact, default) or ivf (approximate, faster at scale)",
-           choices=("flat", "ivf")),
+    Option("index", "index", "kind",
+           "auto (default: flat up to --index-flat-max-rows rows or on a GPU, ivf above), flat (exact) or ivf "
+           "(approximate, much faster at scale; its recall is measured and recorded)", choices=("auto", "flat", "ivf")),
+    Option("index_flat_max_rows", "index", "flat_max_rows",
+           "with --index auto, the most rows searched exactly on CPU (default: 200000)", type=int),
     Option("index_shards", "index", "shards", "FAISS index shards, each held by a Ray actor (default: 1)",
            type=int),
     Option("nlist", "index", "nlist", "ivf lists (default: about 4*sqrt(rows))", type=int),

@@ -35,7 +35,7 @@ from operators.exact_dedup import (
     priority_order,
     reference_index,
 )
-from operators.index import Neighbors, pair_similarity, search_with_ray
+from operators.index import IndexConfig, Neighbors, pair_similarity, search_with_ray
 from operators.resolve import best_per_row, resolve_greedy, resolve_none
 from jobs.vectors import EmbedToStore, VectorStore, settings_key, settings_of
 from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
@@ -297,10 +297,12 @@ def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_
     return {"sample_rows": len(sample), "exact_pairs": len(truth), "found_pairs": len(truth & found), "recall": recall}
 
 
-def search(config, batches: VectorBatches, m: int, dim: int) -> Neighbors:
+def search(config, batches: VectorBatches, m: int, dim: int) -> tuple[Neighbors, IndexConfig]:
+    """The cross-shard search over the representatives; and the index config it ran with (`auto` decided)."""
     cluster = ray.cluster_resources()
-    index_config = config.index
-    gpu = cluster.get("GPU", 0) > 0 and index_config.kind == "flat" and _faiss_has_gpu()
+    gpu_available = cluster.get("GPU", 0) > 0 and config.index.kind in ("flat", "auto") and _faiss_has_gpu()
+    index_config = config.index.resolved(m, gpu_available)
+    gpu = gpu_available and index_config.kind == "flat"
     index_config = dataclasses.replace(index_config, gpu=gpu)
     options = {"num_cpus": plan_index_cpus(cluster.get("CPU", 1.0), index_config.shards,
                                            config.resources.index_cpus_per_shard)}
@@ -308,7 +310,10 @@ def search(config, batches: VectorBatches, m: int, dim: int) -> Neighbors:
         options["num_gpus"] = min(1.0, cluster["GPU"] / index_config.shards)
     display = progress.current()
     with display.stage("search", total=m, unit="rows"):
-        return search_with_ray(batches, m, dim, index_config, config.dedup.recorded, options, on_progress=display.advance)
+        neighbors = search_with_ray(
+            batches, m, dim, index_config, config.dedup.recorded, options, on_progress=display.advance
+        )
+    return neighbors, index_config
 
 
 def _faiss_has_gpu() -> bool:
@@ -580,13 +585,15 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         batches = VectorBatches(vectors.stores, plan.rep_sha1)
         dim = next(iter(batches()))[1].shape[1]
         with timings.stage("index_search"):
-            neighbors = search(config, batches, m, dim)
+            neighbors, index_used = search(config, batches, m, dim)
+        manifest["index"] = {"kind": index_used.kind, "chosen_by_auto": config.index.kind == "auto",
+                             "shards": index_used.shards, "gpu": index_used.gpu}
         manifest["vectors"].update(
             checkpoint="/".join(vectors.stores[0].parts), runtime=vectors.runtime, dim=dim,
             embedded=vectors.embedded, reused=vectors.embedded == 0, from_references=vectors.from_references,
             **batches.stats(),
         )
-        if config.index.kind == "ivf":
+        if index_used.kind == "ivf":
             with timings.stage("ivf_recall"):
                 manifest["ivf_recall"] = measure_recall(batches, neighbors, m, config.dedup.recorded)
     else:

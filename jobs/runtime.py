@@ -426,7 +426,15 @@ def summary_table(manifest: dict, output: str) -> str:
             example = rows.get("examples", {}).get(reason)
             where = f"{example['source']} row {example['source_row']}: {example['detail']}" if example else ""
             lines.append(f"  {reason:<20}{count:>8}  {where}"[:400])
-    chosen = (manifest.get("dedup") or {}).get("target_rows")
+    dedup = manifest.get("dedup") or {}
+    if (dedup.get("index") or {}).get("kind") == "ivf":
+        recall = dedup.get("ivf_recall") or {}
+        how = "chosen by --index auto" if dedup["index"].get("chosen_by_auto") else "--index ivf"
+        lines.append(
+            f"index: ivf ({how}, {dedup['vectors']['rows']:,} rows): recall of the recorded pairs "
+            f"{recall.get('recall', float('nan')):.4f} against exact search on {recall.get('sample_rows', 0):,} sampled rows"
+        )
+    chosen = dedup.get("target_rows")
     if chosen:
         same = f" (any threshold in ({chosen['same_result_above']:.7g}, {chosen['threshold']:.7g}] gives these rows)" \
             if chosen["same_result_above"] is not None else ""

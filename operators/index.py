@@ -38,6 +38,7 @@ on the CPU index, as `faiss.contrib.exhaustive_search.range_search_gpu` does. No
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -49,7 +50,11 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("flat", "ivf")
+KINDS = ("auto", "flat", "ivf")
+# `--index auto` below this many rows is flat (exact): measured here, flat at 100k rows takes 69-110 s and
+# grows with n^2 (1M: about 1.8 h), IVF at 1M about 12 min (benchmarks/RESULTS.md, "scaling"). At 200k flat
+# is a few minutes, small beside embedding the same rows on CPU (about 40 rows/s here).
+AUTO_FLAT_MAX_ROWS = 200_000
 # GPU k-NN returns at most 2048 results per query (docs/notes.md, "FAISS").
 GPU_MAX_K = 2048
 # Queries per FAISS call in `search_in_process`: far above FAISS's BLAS switch (20 queries) and small
@@ -81,12 +86,21 @@ class IndexConfig:
     `max_neighbors=64`: bounds first-pass work per query per shard; rows in bigger groups are re-searched.
     """
 
-    kind: str = "flat"
+    kind: str = "auto"  # auto: flat up to flat_max_rows rows (or on a GPU), ivf above (`resolved`)
     shards: int = 1
     nlist: int | None = None
     nprobe: int = 16
     max_neighbors: int = 64
     gpu: bool = False
+    flat_max_rows: int = AUTO_FLAT_MAX_ROWS
+
+    def resolved(self, n: int, gpu_available: bool = False) -> IndexConfig:
+        """This config with `auto` decided for n rows: flat (exact) up to flat_max_rows rows or when a GPU
+        runs the flat search, ivf above."""
+        if self.kind != "auto":
+            return self
+        kind = "flat" if gpu_available or self.gpu or n <= self.flat_max_rows else "ivf"
+        return dataclasses.replace(self, kind=kind)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -99,7 +113,9 @@ class IndexConfig:
             raise ValueError(f"nprobe must be an integer >= 1, got {self.nprobe!r}")
         if not isinstance(self.max_neighbors, int) or self.max_neighbors < 1:
             raise ValueError(f"max_neighbors must be an integer >= 1, got {self.max_neighbors!r}")
-        if self.gpu and self.kind != "flat":
+        if not isinstance(self.flat_max_rows, int) or self.flat_max_rows < 0:
+            raise ValueError(f"flat_max_rows must be an integer >= 0, got {self.flat_max_rows!r}")
+        if self.gpu and self.kind == "ivf":
             raise ValueError(
                 "gpu=True supports kind='flat' only (GPU IVF has no preassigned range search, which the exact "
                 "re-search needs): use kind='flat' on GPU or kind='ivf' on CPU"
@@ -371,6 +387,8 @@ class IndexShard:
             raise ValueError(f"shard_id must be in [0, {config.shards}), got {shard_id}")
         if omp_threads is not None:
             _faiss().omp_set_num_threads(_resolve_threads(omp_threads, config.shards))
+        if config.kind == "auto":
+            raise ValueError("IndexShard needs a decided kind: pass config.resolved(n) (auto picks flat or ivf by size)")
         if config.gpu and _faiss().get_num_gpus() < 1:
             raise RuntimeError("IndexConfig.gpu is set but FAISS sees no GPU: install faiss-gpu or use gpu=False")
         self.config = config
@@ -596,6 +614,7 @@ def search_in_process(
     """All shards in this process: the reference the Ray version must equal. ivf trains if `trained` is None."""
     ranks = _check_ranks(ranks)
     n = len(ranks)
+    config = config.resolved(n)
     vectors = np.asarray(vectors)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be a 2-d array [n, d], got shape {vectors.shape}")
@@ -660,6 +679,7 @@ def search_with_ray(
             "S shard actors would not schedule on a small node (docs/notes.md, 'Ray Data 2.60')"
         )
     t = _check_threshold(record_threshold, "record_threshold")
+    config = config.resolved(n, gpu_available=config.gpu)
     started = time.perf_counter()
     if config.kind == "ivf" and trained is None:
         nlist = config.resolved_nlist(n)

@@ -160,6 +160,10 @@ DEDUP_LABELS = {
     "vectors.dim": "vector dimensions",
     "vectors.windows": "windows embedded (long texts take several)",
     "vectors.rows_cut": "texts cut at --embed-max-tokens",
+    "index.kind": "index searched (flat is exact)",
+    "index.chosen_by_auto": "kind chosen by --index auto from the row count",
+    "index.shards": "index shards",
+    "index.gpu": "flat search on a GPU",
     "ivf_recall.recall": "IVF recall of recorded pairs (sampled)",
     "ivf_recall.sample_rows": "rows sampled to measure IVF recall",
     "ivf_recall.exact_pairs": "pairs exact search finds for those rows",
@@ -235,4 +239,5 @@ def render_card(manifest: dict) -> str:
         token_columns=TOKEN_COLUMNS,
         decontaminate=manifest.get("decontaminate"),
         boilerplate=(manifest.get("dedup") or {}).get("boilerplate"),
+        index_kind=((manifest.get("dedup") or {}).get("index") or {}).get("kind", config["index"]["kind"]),
     )

@@ -248,7 +248,7 @@ def test_single_row_has_no_neighbour():
 
 def test_shard_keeps_only_its_ranks():
     x = _unit(np.random.default_rng(0).standard_normal((10, 8)))
-    shard = IndexShard(IndexConfig(shards=3), 8, shard_id=1)
+    shard = IndexShard(IndexConfig(kind="flat", shards=3), 8, shard_id=1)
     assert shard.add(np.arange(10), x) == 3  # ranks 1, 4, 7
     assert shard.size() == 3
 
@@ -342,3 +342,15 @@ def test_a_shared_coarse_assignment_is_the_one_each_shard_would_compute():
             np.testing.assert_array_equal(getattr(ra, field), getattr(rb, field))
     with pytest.raises(ValueError, match="shape"):
         shared[0].search(ranks, x, 0.9, probes[:, :2])
+
+
+def test_auto_is_flat_up_to_flat_max_rows_or_on_a_gpu_and_ivf_above():
+    config = IndexConfig(flat_max_rows=1000)
+    assert config.kind == "auto" and IndexConfig().flat_max_rows == 200_000
+    assert config.resolved(1000).kind == "flat" and config.resolved(1001).kind == "ivf"
+    assert config.resolved(10**7, gpu_available=True).kind == "flat"
+    assert IndexConfig(kind="ivf").resolved(10).kind == "ivf" and IndexConfig(kind="flat").resolved(10**7).kind == "flat"
+    with pytest.raises(ValueError, match="decided kind"):
+        IndexShard(config, 8)
+    with pytest.raises(ValueError, match="flat_max_rows"):
+        IndexConfig(flat_max_rows=-1)

@@ -194,7 +194,11 @@ def test_ivf_index_records_its_recall_and_finds_the_same_duplicates(one_actor_ru
     output, manifest = one_actor_run
     copy = tmp_path / "copy"
     shutil.copytree(output, copy)
-    ivf = run_job(copy, [sample[0]], tokenize_actors=1, rows_per_shard=200, index="ivf", index_shards=2, overwrite=True)
+    # --index auto above --index-flat-max-rows is IVF (the default run, far below it, was flat)
+    assert manifest["dedup"]["index"] == {"kind": "flat", "chosen_by_auto": True, "shards": 1, "gpu": False}
+    ivf = run_job(copy, [sample[0]], tokenize_actors=1, rows_per_shard=200, index="auto", index_flat_max_rows=100,
+                  index_shards=2, overwrite=True)
+    assert ivf["dedup"]["index"] == {"kind": "ivf", "chosen_by_auto": True, "shards": 2, "gpu": False}
     assert ivf["dedup"]["vectors"]["reused"]
     recall = ivf["dedup"]["ivf_recall"]
     assert recall["sample_rows"] > 0 and recall["recall"] >= 0.99
