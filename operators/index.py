@@ -60,10 +60,16 @@ GPU_MAX_K = 2048
 # Queries per FAISS call in `search_in_process`: far above FAISS's BLAS switch (20 queries) and small
 # enough that the k-NN result matrices stay a few MB.
 QUERY_BATCH = 4096
+# Queries per IVF search call: each shard scans a probed list once per call for all the call's queries
+# that probe it, so bigger calls amortize the per-list work (1M rows, 4000 lists: 8192 queries per call
+# give ~33 queries a list and spend most of the time in per-list overhead; 32768 ran 2.6x faster than
+# FAISS's own scan, docs/notes.md). 32768 x 384 float32 is 50 MB.
+IVF_QUERY_BATCH = 32768
 # FAISS IndexIVF.parallel_mode for preassigned searches: 3 = queries split over the OpenMP threads (k-NN only;
 # mode 0 is single-threaded there), 0 = the same for range search (which does not accept 3). docs/notes.md.
 _KNN_PARALLEL_MODE = 3
 _RANGE_PARALLEL_MODE = 0
+_SCAN_BY_LIST = True
 
 # Rows per chunk when recomputing similarities: the float64 gathers stay in cache (about 4x faster than
 # one big gather, measured here).
@@ -407,6 +413,7 @@ class IndexShard:
         self._ranks: list[np.ndarray] = []
         self._vectors: list[np.ndarray] = []  # ivf only: FAISS keeps IVF codes by list
         self._sealed: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_list: _ListViews | None = None  # ivf: the inverted lists as numpy views (`_list_views`)
         self._gpu_index = None
         self._gpu_resources = None
         if config.kind == "flat":
@@ -452,6 +459,7 @@ class IndexShard:
             self._vectors.append(vectors)
         self._ranks.append(ranks)
         self._sealed = None
+        self._by_list = None
         self._gpu_index = None
         return len(ranks)
 
@@ -490,30 +498,10 @@ class IndexShard:
             return _ivf_tools().range_search_preassigned(self._index, q, float(radius), probes)
         return self._index.range_search(q, float(radius))
 
-    def search(
-        self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float, probes: np.ndarray | None = None
-    ) -> ShardResult:
-        """Best other neighbour of each query in this shard, and its pairs >= record_threshold (query rank lower).
-
-        ivf: `probes` are the lists each query probes (`CoarseAssigner.probes`, computed once per batch for every
-        shard: the assignment is the same function everywhere), computed here when None."""
-        qr, q = _check_batch(query_ranks, queries, self.dim)
-        t = _check_threshold(record_threshold, "record_threshold")
-        ranks, base = self._storage()
-        if len(qr) == 0 or len(ranks) == 0:
-            return ShardResult.nothing_found(qr)
+    def _knn_candidates(self, qr, q, ranks, probes, radius, k, bound):
+        """Each query's k-NN, and a range search at `need` for the queries whose k-th neighbour is at or
+        above it (they hit the bound: more may tie or pass the threshold)."""
         margin = self.margin
-        radius = np.float32(t - margin)
-        bound = self.config.max_neighbors + 1
-        k = min(bound, len(ranks))
-        if self._centroids is None:
-            probes = None
-        elif probes is None:
-            probes = self._centroids.top(q, self._index.nprobe)
-        else:
-            probes = _check_assignment(probes, len(qr), min(self._index.nprobe, self._centroids.nlist),
-                                       self._centroids.nlist)
-
         dist, ids = self._knn(q, k, probes)
         valid = ids >= 0
         is_self = valid & (ranks[np.where(valid, ids, 0)] == qr[:, None])
@@ -541,6 +529,90 @@ class IndexShard:
         cand_q = np.concatenate(cand_q)
         cand_id = np.concatenate(cand_id).astype(np.int64, copy=False)
         cand_f = np.concatenate(cand_f)
+        return cand_q, cand_id, cand_f, hit_rows
+
+    def _list_candidates(self, qr, q, ranks, probes, radius, k, bound):
+        """ivf, list by list: every probed list's vectors against all the batch's queries that probe it in one
+        BLAS product (a list is read once per batch, not once per query: FAISS's query-by-query scan is
+        memory-bound here, docs/notes.md). Keeps, per query and list, what the k-NN + range path would use:
+        similarities >= radius and those within `margin` of the list's best non-self one; the hit test
+        counts the same way (k-th largest similarity, self included, >= need)."""
+        views = self._list_views()
+        margin, floor = self.margin, np.float32(-2.0)  # cosines are >= -1: -inf (self) stays below floor
+        n = len(qr)
+        own = views.position_of(qr)  # FAISS id of each query's own row in this shard, -1 if elsewhere
+        own_list = np.where(own >= 0, views.list_of_id[np.maximum(own, 0)], -1)
+        own_pos = np.where(own >= 0, views.pos_of_id[np.maximum(own, 0)], -1)
+        self_f = np.full(n, -np.inf, np.float32)
+        width = probes.shape[1]
+        by_list = np.argsort(probes.reshape(-1), kind="stable")
+        probe_q = by_list // width
+        probe_l = probes.reshape(-1)[by_list]
+        starts = np.flatnonzero(np.r_[True, probe_l[1:] != probe_l[:-1]]) if len(probe_l) else probe_l
+        stops = np.r_[starts[1:], len(probe_l)]
+        # One thread: two Python threads over halves of the lists were slower here (the per-list numpy calls
+        # hold the GIL), docs/notes.md.
+        cand_q, cand_id, cand_f = [], [], []
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            lst = int(probe_l[a])
+            ids, vecs = views.ids[lst], views.vectors[lst]
+            if ids is None:
+                continue
+            qs = probe_q[a:b]
+            sims = q[qs] @ vecs.T
+            mine = np.flatnonzero(own_list[qs] == lst)
+            if len(mine):
+                cols = own_pos[qs[mine]]
+                self_f[qs[mine]] = sims[mine, cols]
+                sims[mine, cols] = -np.inf
+            keep_from = np.maximum(np.minimum(radius, sims.max(axis=1) - margin), floor)
+            rows, cols = np.nonzero(sims >= keep_from[:, None])
+            cand_q.append(qs[rows])
+            cand_id.append(ids[cols])
+            cand_f.append(sims[rows, cols])
+        cand_q = np.concatenate(cand_q) if cand_q else np.empty(0, np.int64)
+        cand_id = np.concatenate(cand_id).astype(np.int64, copy=False) if cand_id else np.empty(0, np.int64)
+        cand_f = np.concatenate(cand_f) if cand_f else np.empty(0, np.float32)
+        top = np.full(n, -np.inf, np.float32)
+        np.maximum.at(top, cand_q, cand_f)
+        need = np.minimum(radius, top - margin)
+        at_need = np.bincount(cand_q[cand_f >= need[cand_q]], minlength=n) + (self_f >= need)
+        hit_rows = np.flatnonzero((k == bound) & (at_need >= k))
+        return cand_q, cand_id, cand_f, hit_rows
+
+    def _list_views(self) -> _ListViews:
+        if self._by_list is None:
+            self._by_list = _ListViews.of(self._index, self._storage()[0])
+        return self._by_list
+
+    def search(
+        self, query_ranks: np.ndarray, queries: np.ndarray, record_threshold: float, probes: np.ndarray | None = None
+    ) -> ShardResult:
+        """Best other neighbour of each query in this shard, and its pairs >= record_threshold (query rank lower).
+
+        ivf: `probes` are the lists each query probes (`CoarseAssigner.probes`, computed once per batch for every
+        shard: the assignment is the same function everywhere), computed here when None."""
+        qr, q = _check_batch(query_ranks, queries, self.dim)
+        t = _check_threshold(record_threshold, "record_threshold")
+        ranks, base = self._storage()
+        if len(qr) == 0 or len(ranks) == 0:
+            return ShardResult.nothing_found(qr)
+        margin = self.margin
+        radius = np.float32(t - margin)
+        bound = self.config.max_neighbors + 1
+        k = min(bound, len(ranks))
+        if self._centroids is None:
+            probes = None
+        elif probes is None:
+            probes = self._centroids.top(q, self._index.nprobe)
+        else:
+            probes = _check_assignment(probes, len(qr), min(self._index.nprobe, self._centroids.nlist),
+                                       self._centroids.nlist)
+
+        if probes is None or not _SCAN_BY_LIST:
+            cand_q, cand_id, cand_f, hit_rows = self._knn_candidates(qr, q, ranks, probes, radius, k, bound)
+        else:
+            cand_q, cand_id, cand_f, hit_rows = self._list_candidates(qr, q, ranks, probes, radius, k, bound)
 
         nb = ranks[cand_id]
         other = nb != qr[cand_q]
@@ -563,6 +635,46 @@ class IndexShard:
         best_rank[bq[first]] = bn[first]
         best_sim[bq[first]] = bs[first]
         return ShardResult(pairs_a, pairs_b, pairs_sim, qr, best_rank, best_sim, qr[hit_rows])
+
+
+@dataclass
+class _ListViews:
+    """A sealed IVF shard's inverted lists as numpy views of FAISS's own storage (no copy; an add unseals)."""
+
+    ids: list  # per list: int64 FAISS ids, None where the list is empty in this shard
+    vectors: list  # per list: float32 [size, d] view of the stored vectors
+    list_of_id: np.ndarray  # FAISS id -> its list
+    pos_of_id: np.ndarray  # FAISS id -> its position in that list
+    sorted_ranks: np.ndarray  # the shard's ranks, sorted
+    id_of_sorted: np.ndarray  # their FAISS ids
+
+    @classmethod
+    def of(cls, index, ranks_by_id: np.ndarray) -> _ListViews:
+        faiss, inv, dim = _faiss(), index.invlists, index.d
+        ids, vectors = [], []
+        list_of_id = np.empty(index.ntotal, np.int64)
+        pos_of_id = np.empty(index.ntotal, np.int64)
+        for lst in range(index.nlist):
+            size = inv.list_size(lst)
+            if size == 0:
+                ids.append(None)
+                vectors.append(None)
+                continue
+            # IVFFlat codes are the raw float32 vectors (code_size = 4 d).
+            ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), size))
+            codes = faiss.rev_swig_ptr(inv.get_codes(lst), size * index.code_size)
+            vectors.append(codes.view(np.float32).reshape(size, dim))
+            list_of_id[ids[-1]] = lst
+            pos_of_id[ids[-1]] = np.arange(size)
+        order = np.argsort(ranks_by_id, kind="stable")
+        return cls(ids, vectors, list_of_id, pos_of_id, ranks_by_id[order], order)
+
+    def position_of(self, query_ranks: np.ndarray) -> np.ndarray:
+        """The FAISS id of each query rank held by this shard, -1 for the others."""
+        at = np.searchsorted(self.sorted_ranks, query_ranks)
+        at = np.minimum(at, len(self.sorted_ranks) - 1)
+        held = self.sorted_ranks[at] == query_ranks
+        return np.where(held, self.id_of_sorted[at], -1)
 
 
 def _first_per_group(group: np.ndarray, sim: np.ndarray, rank: np.ndarray) -> np.ndarray:
@@ -647,11 +759,12 @@ def search_in_process(
         for shard in shards:
             shard.add(ranks[start:start + QUERY_BATCH], batch, lists)
     results = []
-    for start in range(0, n, QUERY_BATCH):
-        batch = vectors[start:start + QUERY_BATCH]
+    step = QUERY_BATCH if assigner is None else IVF_QUERY_BATCH
+    for start in range(0, n, step):
+        batch = vectors[start:start + step]
         probes = None if assigner is None else assigner.probes(batch)
         for shard in shards:
-            results.append(shard.search(ranks[start:start + QUERY_BATCH], batch, record_threshold, probes))
+            results.append(shard.search(ranks[start:start + step], batch, record_threshold, probes))
     neighbors = merge(n, results)
     logger.info(
         "%s index, %d shards, %d rows: %d pairs >= %.4f, %d queries re-searched, %.1f s",
@@ -659,6 +772,20 @@ def search_in_process(
         time.perf_counter() - started,
     )
     return neighbors
+
+
+def _regrouped(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: int):
+    """(ranks, vectors) batches concatenated into batches of at least `rows` rows (the last may be smaller)."""
+    held_r, held_v, count = [], [], 0
+    for r, v in batches:
+        held_r.append(np.asarray(r))
+        held_v.append(np.asarray(v))
+        count += len(held_r[-1])
+        if count >= rows:
+            yield np.concatenate(held_r), np.concatenate(held_v)
+            held_r, held_v, count = [], [], 0
+    if held_r:
+        yield np.concatenate(held_r), np.concatenate(held_v)
 
 
 def search_with_ray(
@@ -681,7 +808,7 @@ def search_with_ray(
     and once more first for ivf when `trained` is None, to gather the training sample (by rank, so the
     quantizer does not depend on batching). Each batch is `ray.put` once and sent to every shard, which
     keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
-    that (plus the pair list). `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
+    that (plus the pair list). ivf queries go in IVF_QUERY_BATCH-row calls, one queued behind the one running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
     schedule on 2 cores, docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
     """
     import ray
@@ -742,7 +869,11 @@ def search_with_ray(
 
         results: list[ShardResult] = []
         pending = []
-        for r, v in batches():
+        queries = batches()
+        if assigner is not None:  # ivf: bigger calls (IVF_QUERY_BATCH), about as many rows in flight
+            queries = _regrouped(queries, IVF_QUERY_BATCH)
+            max_in_flight = 1
+        for r, v in queries:
             r, v = _check_batch(r, v, dim)
             queried += len(r)
             r_ref, v_ref = ray.put(r), ray.put(v)

@@ -7,6 +7,8 @@ import faiss
 import numpy as np
 import pytest
 
+import operators.index as index_module
+
 from operators.index import (
     IndexConfig,
     IndexShard,
@@ -178,6 +180,38 @@ def test_ivf_recall_against_flat_and_identical_across_shards(planted, flat_resul
     assert ivf[1].researched > 0
     _assert_same(ivf[1], ivf[4])  # shared quantizer + deterministic coarse assignment
 
+
+
+def test_ivf_list_by_list_scan_equals_faiss_own_preassigned_search(planted, monkeypatch):
+    """The list-major scan is an implementation detail: pairs, best neighbours and the re-searched count
+    must be exactly those of FAISS's query-by-query k-NN + range search over the same probed lists.
+    Extra rows: identical groups of exactly k-1, k and k+1 rows (k = max_neighbors + 1 with self: the
+    bound is hit from k on), and a row with two neighbours tied at the same cosine."""
+    x, _, _ = planted
+    rng = np.random.default_rng(3)
+    k = MAX_NEIGHBORS + 1
+    extra = [np.repeat(_unit(rng.standard_normal((1, DIM))), size, axis=0) for size in (k - 1, k, k + 1)]
+    tie = np.zeros((3, DIM), np.float32)
+    tie[0, 200], tie[1:, 200] = 1, 0.95  # cosine exactly 0.95 with both: one non-zero product each
+    tie[1, 201] = tie[2, 202] = np.float32(np.sqrt(1 - 0.95**2))
+    x = np.concatenate([x, *extra, tie])
+    ranks = rng.permutation(len(x)).astype(np.int64)
+    results = {}
+    for scan_by_list in (True, False):
+        monkeypatch.setattr(index_module, "_SCAN_BY_LIST", scan_by_list)
+        for shards in (1, 2):
+            config = IndexConfig(kind="ivf", shards=shards, max_neighbors=MAX_NEIGHBORS, nprobe=4)
+            results[scan_by_list, shards] = search_in_process(ranks, x, config, RECORD)
+    for shards in (1, 2):
+        by_list, by_faiss = results[True, shards], results[False, shards]
+        assert by_faiss.researched > 0 and len(by_faiss.pairs_a) > 0
+        assert by_list.researched == by_faiss.researched
+        _assert_same(by_list, by_faiss)
+    one, n = results[True, 1], len(x)
+    assert one.best_sim[ranks[n - 3]] == np.float32(0.95)
+    assert one.best_rank[ranks[n - 3]] == min(ranks[n - 2], ranks[n - 1])  # the tie goes to the lower rank
+    groups = np.split(ranks[len(planted[0]):n - 3], np.cumsum([k - 1, k]))
+    assert all(one.best_sim[g].min() >= np.float32(0.9999) for g in groups)
 
 def test_pair_similarity_does_not_depend_on_batching(planted):
     x, _, _ = planted
