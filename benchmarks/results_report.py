@@ -160,6 +160,33 @@ def scaling(record: dict) -> list[str]:
     return lines
 
 
+def scaling_index_1m(record: dict) -> list[str]:
+    """The index part of scaling.py at 1M rows alone, rerun after an index change (Scaling keeps the older run)."""
+    lines = scaling(record)
+    lines[0] = "## Index at 1M rows, current code (the Scaling section below is an older run)"
+    for n, size in record["index"]["sizes"].items():
+        variants = size["variants"]
+        train = (variants.get("ivf_train") or {}).get("wall_s")
+        for name in ("ivf_1", "ivf_4"):
+            if train is not None and "wall_s" in (variants.get(name) or {}):
+                lines.append(f"- N {int(n):,}: ivf_train + {name} = {train + variants[name]['wall_s']:.1f} s")
+    return lines + [""]
+
+
+def ivf_scan(record: dict) -> list[str]:
+    lines = ["## IVF shard scan: list by list vs FAISS's query-by-query search", ""] + _provenance(record)
+    rows = [[variant, ", ".join(str(t) for t in times), record["projected_all_n_queries_s"][variant]]
+            for variant, times in record["times_s"].items()]
+    lines += _table(["variant", f"wall s per round ({record['queries']:,} queries)",
+                     f"projected for all {record['n']:,} queries (s)"], rows)
+    lines.append(
+        f"N {record['n']:,}, {record['shards']} shard(s), nlist {record['nlist']}, nprobe {record['nprobe']}, "
+        f"{record['queries_per_call']:,} queries per call: the list-by-list scan is "
+        f"{_x(record['faiss_over_by_list'])} FAISS's speed; identical results: {record['identical']}."
+    )
+    return lines + [""]
+
+
 def int8_prefilter(record: dict) -> list[str]:
     lines = ["## An int8 prefilter with fp32 re-embedding: projected, not built", ""] + _provenance(record)
     rows = []
@@ -252,6 +279,8 @@ SECTIONS = (
     ("ray_overhead", ray_overhead),
     ("index_search_20k", index_search),
     ("index_search_100k", index_search),
+    ("ivf_scan", ivf_scan),
+    ("scaling_index_1m", scaling_index_1m),
     ("scaling", scaling),
 )
 

@@ -273,17 +273,22 @@ class _Centroids:
         self._flat.add(self.c32)
 
     def top(self, x: np.ndarray, m: int) -> np.ndarray:
+        return self.top_and_first(x, m)[0]
+
+    def top_and_first(self, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """top(x, m), and each row's top(x, 1) from the same scores (what an add needs, for free)."""
         m = min(m, self.nlist)
         out = np.empty((len(x), m), dtype=np.int64)
+        first = np.empty(len(x), dtype=np.int64)
         step = max(256, _COARSE_SCORES // self.nlist)
         for start in range(0, len(x), step):
-            out[start:start + step] = self._top(x[start:start + step], m)
-        return out
+            out[start:start + step], first[start:start + step] = self._top(x[start:start + step], m)
+        return out, first
 
-    def _top(self, x: np.ndarray, m: int) -> np.ndarray:
+    def _top(self, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         n, nlist, margin = len(x), self.nlist, self.margin
-        if m == nlist:
-            return np.tile(np.arange(nlist, dtype=np.int64), (n, 1))
+        if m == nlist and m > 1:
+            return np.tile(np.arange(nlist, dtype=np.int64), (n, 1)), self._top(x, 1)[1]
         width = min(nlist, m + _COARSE_EXTRA)
         if width < nlist:
             cand_scores, cand = self._flat.search(np.ascontiguousarray(x, dtype=np.float32), width)  # best first
@@ -293,6 +298,13 @@ class _Centroids:
             order = np.argsort(-scores, axis=1, kind="stable")
             cand = np.take_along_axis(cand, order, axis=1)
             cand_scores = np.take_along_axis(scores, order, axis=1)
+        # The first list: the best float32 score when the runner-up is more than `margin` behind (both are
+        # within margin/2 of exact); otherwise a close call, decided as top(x, 1) decides it (rare).
+        first = cand[:, 0].copy()
+        if m > 1:  # (m == 1: the result below is the first)
+            close_first = np.flatnonzero(cand_scores[:, 1] >= cand_scores[:, 0] - margin)
+            if len(close_first):
+                first[close_first] = self._top(x[close_first], 1)[1]
         mth = cand_scores[:, m - 1 : m]
         # float32 scores are within margin/2 of the exact ones: lists more than `margin` above the m-th
         # are in for sure; lists within `margin` of it are re-decided with pair_similarity.
@@ -316,7 +328,9 @@ class _Centroids:
         for row in np.flatnonzero(wide):
             exact = pair_similarity(np.broadcast_to(x[row], self.c32.shape), self.c32)
             result[row] = np.lexsort((np.arange(nlist), -exact))[:m]
-        return np.sort(result, axis=1)
+        if m == 1:
+            first = result[:, 0]
+        return np.sort(result, axis=1), first
 
 
 def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
@@ -360,6 +374,11 @@ class CoarseAssigner:
     def probes(self, queries: np.ndarray) -> np.ndarray:
         """[n, nprobe] the lists each query probes, sorted by list id."""
         return self._centroids.top(np.asarray(queries, dtype=np.float32), self.nprobe)
+
+    def lists_and_probes(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`lists(vectors)` and `probes(vectors)` from one scoring pass (half the work of both)."""
+        probes, first = self._centroids.top_and_first(np.asarray(vectors, dtype=np.float32), self.nprobe)
+        return first[:, None], probes
 
 
 def _check_assignment(assignment: np.ndarray, rows: int, width: int, nlist: int) -> np.ndarray:
@@ -753,16 +772,21 @@ def search_in_process(
         trained = train_quantizer(vectors[position[training_sample_ranks(n, nlist)]], nlist)
     shards = [IndexShard(config, dim, trained, shard_id=s) for s in range(config.shards)]
     assigner = CoarseAssigner(trained, config.nprobe) if config.kind == "ivf" else None
+    all_probes = []  # ivf: every row's probes, scored with its list in the add pass (all rows are here anyway)
     for start in range(0, n, QUERY_BATCH):
         batch = vectors[start:start + QUERY_BATCH]
-        lists = None if assigner is None else assigner.lists(batch)
+        lists = None
+        if assigner is not None:
+            lists, probes = assigner.lists_and_probes(batch)
+            all_probes.append(probes.astype(np.int32))
         for shard in shards:
             shard.add(ranks[start:start + QUERY_BATCH], batch, lists)
+    all_probes = np.concatenate(all_probes) if all_probes else None
     results = []
     step = QUERY_BATCH if assigner is None else IVF_QUERY_BATCH
     for start in range(0, n, step):
         batch = vectors[start:start + step]
-        probes = None if assigner is None else assigner.probes(batch)
+        probes = None if assigner is None else all_probes[start:start + step].astype(np.int64)
         for shard in shards:
             results.append(shard.search(ranks[start:start + step], batch, record_threshold, probes))
     neighbors = merge(n, results)

@@ -239,6 +239,11 @@ def test_coarse_assignment_is_the_exact_top_m_whatever_the_batch(planted):
     kth = -np.sort(-exact, axis=1)[:, 15]
     chosen = np.take_along_axis(exact, probes, axis=1)
     assert np.all(chosen >= kth[:, None] - 1e-7)  # the top 16 up to pair_similarity's float32 rounding
+    # The add list from the same scoring pass is top(x, 1), close calls included (the ulp-apart copies).
+    both, first = coarse.top_and_first(x, 16)
+    assert np.array_equal(both, probes)
+    assert np.array_equal(first, coarse.top(x, 1)[:, 0])
+    assert np.array_equal(first, np.concatenate([coarse.top(x[k:k + 50], 1)[:, 0] for k in range(0, len(x), 50)]))
 
 
 @pytest.mark.parametrize("shards", [2, 4])
