@@ -43,10 +43,12 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +213,16 @@ def _check_batch(ranks: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.n
     if len(ranks) and ranks.min() < 0:
         raise ValueError("ranks must be >= 0")
     if len(vectors):
-        norms = np.linalg.norm(vectors, axis=1)
-        bad = np.abs(norms - 1) > 1e-3
-        if bad.any():
+        # Squared norms in float32 by einsum: 4x cheaper than linalg.norm on 1M x 384 rows, checked per batch
+        # on add and again on search. |norm - 1| > 1e-3 exactly as before (sqrt in float64 of the few bad).
+        squared = np.einsum("ij,ij->i", vectors, vectors)
+        suspect = np.flatnonzero(np.abs(squared - 1) > 1.9e-3)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors[suspect].astype(np.float64), vectors[suspect]))
+        bad = suspect[np.abs(norms - 1) > 1e-3]
+        if len(bad):
+            norms = norms[np.abs(norms - 1) > 1e-3]
             raise ValueError(
-                f"{int(bad.sum())} vectors are not L2-normalized (norm {norms[bad][0]:.4f}): normalize them "
+                f"{len(bad)} vectors are not L2-normalized (norm {norms[0]:.4f}): normalize them "
                 "before indexing, inner product is cosine only on unit vectors"
             )
     return ranks.astype(np.int64, copy=False), np.ascontiguousarray(vectors)
@@ -569,29 +576,40 @@ class IndexShard:
         probe_l = probes.reshape(-1)[by_list]
         starts = np.flatnonzero(np.r_[True, probe_l[1:] != probe_l[:-1]]) if len(probe_l) else probe_l
         stops = np.r_[starts[1:], len(probe_l)]
-        # One thread: two Python threads over halves of the lists were slower here (the per-list numpy calls
-        # hold the GIL), docs/notes.md.
-        cand_q, cand_id, cand_f = [], [], []
-        for a, b in zip(starts.tolist(), stops.tolist()):
-            lst = int(probe_l[a])
-            ids, vecs = views.ids[lst], views.vectors[lst]
-            if ids is None:
-                continue
-            qs = probe_q[a:b]
-            sims = q[qs] @ vecs.T
-            mine = np.flatnonzero(own_list[qs] == lst)
-            if len(mine):
-                cols = own_pos[qs[mine]]
-                self_f[qs[mine]] = sims[mine, cols]
-                sims[mine, cols] = -np.inf
-            keep_from = np.maximum(np.minimum(radius, sims.max(axis=1) - margin), floor)
-            rows, cols = np.nonzero(sims >= keep_from[:, None])
-            cand_q.append(qs[rows])
-            cand_id.append(ids[cols])
-            cand_f.append(sims[rows, cols])
-        cand_q = np.concatenate(cand_q) if cand_q else np.empty(0, np.int64)
-        cand_id = np.concatenate(cand_id).astype(np.int64, copy=False) if cand_id else np.empty(0, np.int64)
-        cand_f = np.concatenate(cand_f) if cand_f else np.empty(0, np.float32)
+
+        def scan(part: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            found = []
+            for a, b in part:
+                lst = int(probe_l[a])
+                ids, vecs = views.ids[lst], views.vectors[lst]
+                if ids is None:
+                    continue
+                qs = probe_q[a:b]
+                sims = q[qs] @ vecs.T
+                mine = np.flatnonzero(own_list[qs] == lst)
+                if len(mine):  # a query probes its own list once: each self_f entry has one writer
+                    cols = own_pos[qs[mine]]
+                    self_f[qs[mine]] = sims[mine, cols]
+                    sims[mine, cols] = -np.inf
+                keep_from = np.maximum(np.minimum(radius, sims.max(axis=1) - margin), floor)
+                rows, cols = np.nonzero(sims >= keep_from[:, None])
+                found.append((qs[rows], ids[cols], sims[rows, cols]))
+            return found
+
+        # The lists are split over the shard's FAISS threads, each running one-thread BLAS (numpy's loops
+        # release the GIL; two threads each asking OpenBLAS for both cores were slower than one thread, 2
+        # threads of 1-thread BLAS 1.9x faster, docs/notes.md). Interleaved: every part gets lists of every
+        # size. The candidates' order does not matter (everything below is decided per pair, exactly).
+        segments = list(zip(starts.tolist(), stops.tolist()))
+        threads = max(1, min(_faiss().omp_get_max_threads(), len(segments)))
+        if threads == 1:
+            found = scan(segments)
+        else:
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+                found = [f for part in pool.map(scan, [segments[i::threads] for i in range(threads)]) for f in part]
+        cand_q = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
+        cand_id = np.concatenate([f[1] for f in found]).astype(np.int64, copy=False) if found else np.empty(0, np.int64)
+        cand_f = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.float32)
         top = np.full(n, -np.inf, np.float32)
         np.maximum.at(top, cand_q, cand_f)
         need = np.minimum(radius, top - margin)

@@ -313,6 +313,12 @@ def test_bad_inputs_fail_loudly():
     x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="normalized"):
         search_in_process(np.arange(5), x, IndexConfig(), 0.9)
+    near = _unit(x)
+    near[1] *= np.float32(1.0009)  # within the 1e-3 tolerance on the norm: accepted
+    search_in_process(np.arange(5), near, IndexConfig(), 0.9)
+    near[[2, 3]] *= np.float32(0.9989)
+    with pytest.raises(ValueError, match=r"^2 vectors are not L2-normalized \(norm 0\.9989\)"):
+        search_in_process(np.arange(5), near, IndexConfig(), 0.9)
     with pytest.raises(ValueError, match="permutation"):
         search_in_process(np.array([0, 1, 1, 3, 4]), _unit(x), IndexConfig(), 0.9)
     with pytest.raises(ValueError, match="float32"):
