@@ -54,8 +54,8 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivf")
 # `--index auto` below this many rows is flat (exact): measured here, flat at 100k rows takes 69-110 s and
-# grows with n^2 (1M: about 1.8 h), IVF at 1M about 12 min (benchmarks/RESULTS.md, "scaling"). At 200k flat
-# is a few minutes, small beside embedding the same rows on CPU (about 40 rows/s here).
+# grows with n^2 (1M: about 1.8 h), IVF at 1M about 2.5 min with training (benchmarks/RESULTS.md, "Index at
+# 1M rows"). At 200k flat is a few minutes, small beside embedding the same rows on CPU (about 40 rows/s here).
 AUTO_FLAT_MAX_ROWS = 200_000
 # GPU k-NN returns at most 2048 results per query (docs/notes.md, "FAISS").
 GPU_MAX_K = 2048
