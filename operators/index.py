@@ -218,11 +218,10 @@ def _check_batch(ranks: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.n
         squared = np.einsum("ij,ij->i", vectors, vectors)
         suspect = np.flatnonzero(np.abs(squared - 1) > 1.9e-3)
         norms = np.sqrt(np.einsum("ij,ij->i", vectors[suspect].astype(np.float64), vectors[suspect]))
-        bad = suspect[np.abs(norms - 1) > 1e-3]
+        bad = norms[np.abs(norms - 1) > 1e-3]
         if len(bad):
-            norms = norms[np.abs(norms - 1) > 1e-3]
             raise ValueError(
-                f"{len(bad)} vectors are not L2-normalized (norm {norms[0]:.4f}): normalize them "
+                f"{len(bad)} vectors are not L2-normalized (norm {bad[0]:.4f}): normalize them "
                 "before indexing, inner product is cosine only on unit vectors"
             )
     return ranks.astype(np.int64, copy=False), np.ascontiguousarray(vectors)
@@ -557,7 +556,7 @@ class IndexShard:
         cand_f = np.concatenate(cand_f)
         return cand_q, cand_id, cand_f, hit_rows
 
-    def _list_candidates(self, qr, q, ranks, probes, radius, k, bound):
+    def _list_candidates(self, qr, q, probes, radius, k, bound):
         """ivf, list by list: every probed list's vectors against all the batch's queries that probe it in one
         BLAS product (a list is read once per call, not once per query as in FAISS's scan: 4.6x faster at
         1M rows here, docs/notes.md). Keeps, per query and list, what the k-NN + range path would use:
@@ -649,7 +648,7 @@ class IndexShard:
         if probes is None or not _SCAN_BY_LIST:
             cand_q, cand_id, cand_f, hit_rows = self._knn_candidates(qr, q, ranks, probes, radius, k, bound)
         else:
-            cand_q, cand_id, cand_f, hit_rows = self._list_candidates(qr, q, ranks, probes, radius, k, bound)
+            cand_q, cand_id, cand_f, hit_rows = self._list_candidates(qr, q, probes, radius, k, bound)
 
         nb = ranks[cand_id]
         other = nb != qr[cand_q]
@@ -850,8 +849,9 @@ def search_with_ray(
     and once more first for ivf when `trained` is None, to gather the training sample (by rank, so the
     quantizer does not depend on batching). Each batch is `ray.put` once and sent to every shard, which
     keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
-    that (plus the pair list). ivf queries go in IVF_QUERY_BATCH-row calls, one queued behind the one running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
-    schedule on 2 cores, docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
+    that (plus the pair list); ivf queries go in IVF_QUERY_BATCH-row calls, one queued behind the one
+    running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never schedule on 2 cores,
+    docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
     """
     import ray
 
