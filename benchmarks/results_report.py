@@ -153,10 +153,12 @@ def scaling(record: dict) -> list[str]:
                          memory.get("tree_peak_pss_mb"), stages])
         lines += _table(["run", "wall s", "driver peak RSS MB", "tree peak RSS MB", "tree peak PSS MB",
                          "stages (s)"], rows)
-        volume = job.get("driver_memory_vs_volume")
-        if volume:
-            lines += [(f"Driver memory vs text volume: input x{volume['input_ratio_largest_vs_smallest']}, driver peak "
-                      f"x{volume['driver_peak_ratio_largest_vs_smallest']} (rows {volume['rows']})."), ""]
+        for key, which in (("driver_memory_vs_volume", "without dedup"), ("driver_memory_vs_volume_dedup", "with dedup")):
+            volume = job.get(key)
+            if volume:
+                lines += [(f"Driver memory vs text volume {which}: input x{volume['input_ratio_largest_vs_smallest']}, "
+                           f"driver peak x{volume['driver_peak_ratio_largest_vs_smallest']} (rows {volume['rows']})."),
+                          ""]
     return lines
 
 
@@ -170,6 +172,13 @@ def scaling_index_1m(record: dict) -> list[str]:
         for name in ("ivf_1", "ivf_4"):
             if train is not None and "wall_s" in (variants.get(name) or {}):
                 lines.append(f"- N {int(n):,}: ivf_train + {name} = {train + variants[name]['wall_s']:.1f} s")
+    return lines + [""]
+
+
+def scaling_job_user(record: dict) -> list[str]:
+    """The job part of scaling.py with dedup on the user turns, at 100k and 1M rows (Scaling keeps the older run)."""
+    lines = scaling(record)
+    lines[0] = "## A million rows end to end, dedup on the user turns"
     return lines + [""]
 
 
@@ -230,6 +239,19 @@ def many_files(record: dict) -> list[str]:
     return lines + [""]
 
 
+def many_files_scale(record: dict) -> list[str]:
+    lines = ["## Many files at scale: 1M rows in 1,000 files vs 10, and S3 discovery", ""] + _provenance(record)
+    if "jobs" in record:
+        rows = [[name, job["files"], job["rows_read"], job["kept"], job["wall_s"], job["read_stage_s"]]
+                for name, job in record["jobs"].items()]
+        lines += _table(["input", "files", "rows read", "kept", "job wall s", "read stage s"], rows)
+        lines.append(f"The many-file input takes {record['many_vs_few_wall']}x the wall time of the few-file one.")
+    if "discovery_s3" in record:
+        s3 = record["discovery_s3"]
+        lines.append(f"Discovery of {s3['files']:,} objects on a local S3 server (moto, over HTTP): {s3['seconds']} s.")
+    return lines + [""]
+
+
 def gpu_check(record: dict) -> list[str]:
     lines = ["## The GPU embedding path", ""] + _provenance(record)
     if record.get("device") != "cuda":
@@ -271,6 +293,7 @@ SECTIONS = (
     ("end_to_end", end_to_end),
     ("boilerplate", boilerplate),
     ("many_files", many_files),
+    ("many_files_scale", many_files_scale),
     ("gpu_check", gpu_check),
     ("embed_backends", embed_backends),
     ("int8_prefilter", int8_prefilter),
@@ -281,6 +304,7 @@ SECTIONS = (
     ("index_search_100k", index_search),
     ("ivf_scan", ivf_scan),
     ("scaling_index_1m", scaling_index_1m),
+    ("scaling_job_user", scaling_job_user),
     ("scaling", scaling),
 )
 

@@ -496,9 +496,10 @@ def run_job(rows: int, dedup: bool, args) -> dict:
     return record
 
 
-def driver_memory_vs_volume(runs: dict) -> dict | None:
-    """The no-dedup runs side by side: input size against the driver's peak RSS, overall and per stage."""
-    nodedup = sorted((r for r in runs.values() if not r["dedup"] and "manifest" in r), key=lambda r: r["rows"])
+def driver_memory_vs_volume(runs: dict, dedup: bool = False) -> dict | None:
+    """The runs with (or without) dedup side by side: input size against the driver's peak RSS, overall and
+    per stage."""
+    nodedup = sorted((r for r in runs.values() if r["dedup"] == dedup and "manifest" in r), key=lambda r: r["rows"])
     if len(nodedup) < 2:
         return None
     small, large = nodedup[0], nodedup[-1]
@@ -546,6 +547,7 @@ def job_report(runs: dict, args, started_at: str, load_start, wall: float) -> di
                      "ray_address": "local"},
         "runs": runs,
         "driver_memory_vs_volume": driver_memory_vs_volume(runs),
+        "driver_memory_vs_volume_dedup": driver_memory_vs_volume(runs, dedup=True),
         "wall_s": round(time.perf_counter() - wall, 1),
     }
 
