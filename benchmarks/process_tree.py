@@ -20,7 +20,8 @@ from pathlib import Path
 from machine import meminfo_gib
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE_LINE = re.compile(r"jobs\.prepare: stage (\S+) (\.\.\.|done in)")
+# The job's progress display off a terminal (jobs/progress.py): "<stage>  started ..." and "<stage> ... done in ...".
+STAGE_LINE = re.compile(r"^(\S+)\s+(started|.*done in )")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -136,7 +137,7 @@ def follow_log(stream, log_path: Path, sampler: TreeSampler) -> None:
             log.write(line)
             match = STAGE_LINE.search(line)
             if match:
-                sampler.mark(match.group(1), "start" if match.group(2) == "..." else "done")
+                sampler.mark(match.group(1), "start" if match.group(2) == "started" else "done")
 
 
 def per_stage_memory(samples: list[dict], events: list[dict]) -> dict:

@@ -36,7 +36,6 @@ from operators.write import (
     Output,
     OutputExistsError,
     list_parquet,
-    read_checkpoint,
     write_shards,
 )
 
@@ -216,25 +215,6 @@ OUTPUTS = (
 )
 
 
-def apply_decisions(batch: pa.Table, decisions: pa.Table | None) -> pa.Table:
-    """Mark the rows that dedup or decontamination removed: status, reason, detail, duplicate_of, similarity,
-    duplicate_of_source (DECIDED_SCHEMA out)."""
-    batch = batch.select(schema.WORK_SCHEMA.names)
-    columns = {name: batch.column(name) for name in batch.column_names}
-    columns[schema.DUPLICATE_OF_SOURCE] = pa.nulls(batch.num_rows, pa.string())
-    if decisions is None or not decisions.num_rows:
-        return pa.table(columns, schema=schema.DECIDED_SCHEMA)
-    position = pc.index_in(batch.column(schema.ID), value_set=decisions.column(schema.ID))
-    hit = pc.is_valid(position)
-    if not pc.any(hit).as_py():
-        return pa.table(columns, schema=schema.DECIDED_SCHEMA)
-    taken = decisions.take(pc.fill_null(position, 0))
-    columns[schema.STATUS] = pc.if_else(hit, schema.REMOVED, batch.column(schema.STATUS))
-    for name in (schema.REASON, schema.DETAIL, schema.DUPLICATE_OF, schema.SIMILARITY, schema.DUPLICATE_OF_SOURCE):
-        columns[name] = pc.if_else(hit, taken.column(name), columns[name])
-    return pa.table(columns, schema=schema.DECIDED_SCHEMA)
-
-
 def commit(
     config,
     output: Output,
@@ -245,12 +225,14 @@ def commit(
 ) -> dict:
     """Turn the rows checkpoint into the final layout and check the accounting; returns the manifest.
 
-    One read and one distributed sort of the checkpoint; each status is then selected from the sorted
-    blocks with Ray Data's order preserved, so shards come out in (source, source_row) order.
+    One read of the checkpoint, in (source, source_row) order (jobs/ordering.py: a distributed sort only when
+    its files' key ranges overlap); each status is then selected from the ordered blocks with Ray Data's order
+    preserved, so shards come out in that order.
     """
     import ray
     from ray.data import DataContext
 
+    from jobs.ordering import column_batches, ordered_rows
     from jobs.resources import IO_TASK_CPUS
     from operators.report import RowStats
 
@@ -262,17 +244,13 @@ def commit(
     context.execution_options.preserve_order = True
     try:
         with timings.stage("sort"), display.stage("sort", unit="rows") as sorting:
-            ordered = read_checkpoint(*rows, empty=schema.WORK_SCHEMA).map_batches(
-                apply_decisions, fn_args=(decisions,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS
-            )
-            ordered = ordered.sort([schema.SOURCE, schema.SOURCE_ROW]).materialize()
+            ordered, shuffled = ordered_rows(*rows, decisions)
             sorting.done = ordered.count()
+        logger.info("sort: %s", "distributed sort (checkpoint files overlap)" if shuffled else "no shuffle needed")
         stats = RowStats()
         with display.stage("write", total=sorting.done, unit="rows"):
             with timings.stage("stats"):
-                for batch in ordered.select_columns(list(RowStats.COLUMNS)).iter_batches(
-                    batch_format="pyarrow", batch_size=65536
-                ):
+                for batch in column_batches(ordered, list(RowStats.COLUMNS)):
                     stats.add(batch)
                     display.advance(batch.num_rows)
             files: dict[str, list[str]] = {}
