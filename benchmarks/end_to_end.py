@@ -101,7 +101,8 @@ def run_variant(name: str, command: list[str], log: Path) -> dict:
     memory = memory_record(sampler)
     print(f"  {name}: {wall:.1f} s, peak tree RSS {memory['tree_peak_rss_mb']} MB, load {load}", flush=True)
     return {"wall_s": round(wall, 2), "tree_peak_rss_mb": memory["tree_peak_rss_mb"],
-            "driver_peak_rss_mb": memory["driver_peak_rss_mb"], "load_before": load}
+            "driver_peak_rss_mb": memory["driver_peak_rss_mb"], "load_before": load,
+            "tree_peak_rss_by_process": memory["tree_peak_rss_by_process"]}
 
 
 def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: int) -> dict:
@@ -145,7 +146,8 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-rows", type=int, default=3000)
-    parser.add_argument("--generated-rows", type=int, default=20000, help="generated sample rows (default 20000)")
+    parser.add_argument("--generated-rows", type=int, default=20000,
+                        help="generated sample rows (default 20000; 0: only the real set, the file's other set kept)")
     parser.add_argument("--fast-backend", default=None, help="runtime of same_work_fast (default: measured)")
     parser.add_argument("--rounds", type=int, default=1, help="1: each variant once; 2: forward then reverse")
     parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end.json")
@@ -161,14 +163,23 @@ def main(argv: list[str] | None = None) -> dict:
         real = real_sharegpt(scratch / "real.jsonl", args.real_rows)
         if real:
             inputs["real"] = (scratch / "real.jsonl", real)
-        inputs["generated"] = (scratch / "generated.jsonl",
-                               generated_sharegpt(scratch / "generated.jsonl", args.generated_rows))
+        if args.generated_rows:
+            inputs["generated"] = (scratch / "generated.jsonl",
+                                   generated_sharegpt(scratch / "generated.jsonl", args.generated_rows))
         for name, (path, described) in inputs.items():
             print(f"{name}: {described['rows']} rows", flush=True)
-            record["sets"][name] = {"input": described, **measure_set(name, path, scratch, fast, args.rounds)}
+            set_started = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                           "load_start": loadavg()}
+            record["sets"][name] = {"input": described, **set_started,
+                                    **measure_set(name, path, scratch, fast, args.rounds)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     record.update(load_end=loadavg(), elapsed_s=round(time.perf_counter() - started, 1))
+    if args.out.exists():  # a set this run left out stays, with its own date
+        earlier = json.loads(args.out.read_text())
+        for name, data in earlier.get("sets", {}).items():
+            if name not in record["sets"]:
+                record["sets"][name] = {"date": data.get("date", earlier.get("date")), **data}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     return record

@@ -69,6 +69,25 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
+def process_name(pid: int) -> str:
+    """A process's title, shortened: Ray workers name themselves (`ray::MapWorker(MapBatches(Tokenize))`,
+    `ray::IDLE`), Ray's daemons by their executable, Python scripts by their module or script."""
+    try:
+        argv = Path("/proc", str(pid), "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return " ".join(words)[:80]
+    name = os.path.basename(words[0])
+    if name.startswith("python") and len(words) > 1:
+        rest = words[2] if words[1] == "-m" and len(words) > 2 else os.path.basename(words[1])
+        return f"python {rest}"[:80]
+    return name[:80]
+
+
 def mem_available_mb() -> float | None:
     gib = meminfo_gib("MemAvailable")
     return None if gib is None else round(gib * 1024)
@@ -86,6 +105,7 @@ class TreeSampler(threading.Thread):
         self.cpu_ticks: dict[int, int] = {}  # last seen per process of the tree: their sum is the tree's CPU
         self.started = time.perf_counter()
         self.cpu_s = 0.0
+        self.peak_tree_rss_mb, self.peak_breakdown = 0.0, []
         self._done = threading.Event()
 
     def sample(self) -> dict:
@@ -94,11 +114,19 @@ class TreeSampler(threading.Thread):
         self.cpu_ticks.update((pid, ticks[pid]) for pid in tree if pid in ticks)
         # PSS reads every mapping of a process (~1-3 ms each for Ray's workers): only every pss_every-th sample.
         with_pss = len(self.samples) % self.pss_every == 0
+        rss = {pid: rss_kb(pid) for pid in tree}
+        tree_rss_mb = round(sum(rss.values()) / 1024, 1)
+        if tree_rss_mb > self.peak_tree_rss_mb:  # who holds the memory at the peak
+            self.peak_tree_rss_mb = tree_rss_mb
+            self.peak_breakdown = sorted(
+                ({"process": process_name(pid), "rss_mb": round(kb / 1024, 1)} for pid, kb in rss.items()),
+                key=lambda entry: -entry["rss_mb"],
+            )
         return {
             "t": round(time.perf_counter() - self.started, 1),
             "stage": self.stage,
             "driver_rss_mb": round(rss_kb(self.pid) / 1024, 1),
-            "tree_rss_mb": round(sum(rss_kb(p) for p in tree) / 1024, 1),
+            "tree_rss_mb": tree_rss_mb,
             "tree_pss_mb": round(sum(pss_kb(p) for p in tree) / 1024, 1) if with_pss else None,
             "processes": len(tree),
             "mem_available_mb": mem_available_mb(),
@@ -215,5 +243,6 @@ def memory_record(sampler: TreeSampler) -> dict:
         "tree_peak_pss_mb": extreme("tree_pss_mb"),
         "min_mem_available_mb": extreme("mem_available_mb", min),
         "max_processes": extreme("processes"),
+        "tree_peak_rss_by_process": sampler.peak_breakdown,
         "per_stage": per_stage_memory(samples, sampler.events),
     }

@@ -52,9 +52,14 @@ def end_to_end(record: dict) -> list[str]:
         for variant, v in data["variants"].items():
             kept = v["rows"]["kept"] if variant == "naive" else v["rows"].get("kept")
             rows.append([variant, v["wall_s"], _x(v["speedup_vs_naive"]), v["tree_peak_rss_mb"], kept])
-        lines.append(f"**{name}** ({data['input']['rows']:,} rows)")
+        lines.append(f"**{name}** ({data['input']['rows']:,} rows)" + (f", run {data['date']}" if "date" in data else ""))
         lines.append("")
         lines += _table(["variant", "wall s", "speed vs naive", "peak RSS MB (process tree)", "rows kept"], rows)
+        breakdown = (data["variants"].get("same_work_fast", {}).get("runs") or [{}])[0].get("tree_peak_rss_by_process")
+        if breakdown:
+            lines.append("same_work_fast's process tree at its RSS peak (MB, largest first): " + ", ".join(
+                f"{entry['process']} {entry['rss_mb']:.0f}" for entry in breakdown) + ".")
+            lines.append("")
         a = data["agreement"]
         lines.append(
             f"Kept by naive {a['kept_by_naive']:,}, by same_work_torch {a['kept_by_same_work_torch']:,}, by both "
@@ -179,6 +184,11 @@ def scaling_job_user(record: dict) -> list[str]:
     """The job part of scaling.py with dedup on the user turns, at 100k and 1M rows (Scaling keeps the older run)."""
     lines = scaling(record)
     lines[0] = "## A million rows end to end, dedup on the user turns"
+    volume = record["job"].get("driver_memory_vs_volume_dedup")
+    if volume and volume["driver_peak_rss_mb_per_stage"]:
+        rows = [[stage, *peaks] for stage, peaks in volume["driver_peak_rss_mb_per_stage"].items()]
+        lines += ["Driver peak RSS (MB) per stage:", ""]
+        lines += _table(["stage", *(f"{n:,} rows" for n in volume["rows"])], rows)
     return lines + [""]
 
 

@@ -1,16 +1,19 @@
 """The commit's first step: the rows checkpoint, marked with the decisions, in (source, source_row) order as a
 materialized Ray dataset, and the columns the manifest's statistics need, block by block in that order.
 
-Most checkpoints need no shuffle. Each checkpoint file is one block of one read task's rows (jobs/prepare.py),
-and read tasks take files in discovery order, so the files' key ranges rarely overlap. One task per file reads
-it, marks it (`apply_decisions`) and sorts it; when the sorted files' ranges do not overlap, ordering the files
-by their first key orders every row. Only when two ranges overlap does Ray Data's distributed sort run, over the
-same marked blocks. Keys are unique (one row per line or element of one file), so both ways give the same rows
-in the same order, and the output does not depend on which ran (docs/architecture.md, "Output layout").
-Ray Data's sort alone costs 2-5 s on 2,000 rows (a sampling pass, a map and a reduce stage: benchmarks/).
+Most checkpoints need no shuffle. Read tasks take whole files in discovery order, and a task's rows come out
+in blocks of consecutive rows; each block becomes one checkpoint file (jobs/prepare.py). One task per file reads
+it, marks it (`apply_decisions`), sorts it and reports its runs of one source. A source's runs in different files
+are then disjoint row ranges, so ordering all runs by first key orders every row: each file is cut where its runs
+are not next to each other in that order (most files stay whole). Only when two runs overlap does Ray Data's
+distributed sort run, over the same marked blocks. Keys are unique (one row per line or element of one file), so
+both ways give the same rows in the same order, and the output does not depend on which ran (docs/architecture.md,
+"Output layout"). Ray Data's sort alone costs 2-5 s on 2,000 rows (a sampling pass, a map and a reduce stage).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,45 +45,83 @@ def apply_decisions(batch: pa.Table, decisions: pa.Table | None) -> pa.Table:
     return pa.table(columns, schema=schema.DECIDED_SCHEMA)
 
 
-def _marked_and_sorted(path: str, fs, decisions: pa.Table | None) -> tuple[pa.Table, tuple | None]:
-    """Ray task: one checkpoint file, marked and sorted; with its (first key, last key), None when empty."""
+class Run(NamedTuple):
+    """Rows of one source, consecutive in one sorted checkpoint file."""
+
+    file: int
+    offset: int
+    length: int
+    first: tuple[str, int]
+    last: tuple[str, int]
+
+
+def _marked_and_sorted(path: str, fs, decisions: pa.Table | None) -> tuple[pa.Table, list[tuple]]:
+    """Ray task: one checkpoint file, marked and sorted; with its runs of one source (offset, length, first
+    key, last key). A file may hold the rows of several read tasks: the tokenizer pool bundles a read task's
+    last, short block with whatever block arrives next."""
     table = apply_decisions(pq.read_table(path, filesystem=fs), decisions)
     table = table.sort_by([(c, "ascending") for c in SORT_KEY])
-    if not table.num_rows:
-        return table, None
-    first, last = (tuple(table.column(c)[i].as_py() for c in SORT_KEY) for i in (0, table.num_rows - 1))
-    return table, (first, last)
+    sources = table.column(schema.SOURCE).to_pylist()
+    rows = table.column(schema.SOURCE_ROW).to_pylist()
+    runs, start = [], 0
+    for i in range(1, len(sources) + 1):
+        if i == len(sources) or sources[i] != sources[start]:
+            runs.append((start, i - start, (sources[start], rows[start]), (sources[i - 1], rows[i - 1])))
+            start = i
+    return table, runs
 
 
-def disjoint_order(ranges: list[tuple | None]) -> list[int] | None:
-    """Indices of the non-empty blocks ordered by first key, when no two key ranges overlap; None otherwise.
+def disjoint_order(runs: list[Run]) -> list[Run] | None:
+    """The runs ordered by first key, when no two key ranges overlap; None otherwise.
 
     Keys compare as Python tuples: str by code point, which for UTF-8 is the byte order Arrow sorts by."""
-    order = sorted((i for i, r in enumerate(ranges) if r is not None), key=lambda i: ranges[i][0])
+    order = sorted(runs, key=lambda run: run.first)
     for before, after in zip(order, order[1:]):
-        if not ranges[before][1] < ranges[after][0]:
+        if not before.last < after.first:
             return None
     return order
 
 
+def segments(order: list[Run]) -> list[tuple[int, int, int]]:
+    """Ordered runs joined where they continue each other in the same file: (file, offset, length)."""
+    out: list[tuple[int, int, int]] = []
+    for run in order:
+        if out and out[-1][0] == run.file and out[-1][1] + out[-1][2] == run.offset:
+            out[-1] = (run.file, out[-1][1], out[-1][2] + run.length)
+        else:
+            out.append((run.file, run.offset, run.length))
+    return out
+
+
 def ordered_rows(output: Output, parts: tuple[str, ...], decisions: pa.Table | None):
-    """(the marked rows in (source, source_row) order as a materialized dataset, whether a shuffle was needed)."""
+    """(the marked rows in (source, source_row) order as a materialized dataset, what it took: the checkpoint
+    files, the blocks they were cut into and whether Ray Data's distributed sort had to run)."""
     import ray
 
     files = list_parquet(output, *parts)
-    if not files:  # Ray writes no file for an empty dataset: zero rows read
-        return ray.data.from_arrow(schema.DECIDED_SCHEMA.empty_table()).materialize(), False
     task = ray.remote(_marked_and_sorted).options(num_returns=2, num_cpus=IO_TASK_CPUS)
     decisions_ref = ray.put(decisions)  # once, not once per task
     refs = [task.remote(path, output.fs, decisions_ref) for path in files]
-    ranges = ray.get([meta for _, meta in refs])
-    order = disjoint_order(ranges)
-    if order == []:
-        return ray.data.from_arrow(schema.DECIDED_SCHEMA.empty_table()).materialize(), False
-    if order is not None:
-        return ray.data.from_arrow_refs([refs[i][0] for i in order]), False
-    blocks = [block for (block, _), r in zip(refs, ranges) if r is not None]
-    return ray.data.from_arrow_refs(blocks).sort(SORT_KEY).materialize(), True
+    runs = [Run(f, *run) for f, file_runs in enumerate(ray.get([meta for _, meta in refs])) for run in file_runs]
+    order = disjoint_order(runs)
+    if order is None:
+        blocks = ray.data.from_arrow_refs([table for table, _ in refs]).sort(SORT_KEY).materialize()
+        return blocks, {"checkpoint_files": len(files), "blocks": blocks.num_blocks(), "distributed_sort": True}
+    if not order:  # Ray writes no file for an empty dataset: zero rows read
+        return (ray.data.from_arrow(schema.DECIDED_SCHEMA.empty_table()).materialize(),
+                {"checkpoint_files": len(files), "blocks": 0, "distributed_sort": False})
+    lengths = [sum(run.length for run in runs if run.file == f) for f in range(len(files))]
+    cut = ray.remote(_slice).options(num_cpus=IO_TASK_CPUS)
+    blocks = [
+        refs[f][0] if (offset, length) == (0, lengths[f]) else cut.remote(refs[f][0], offset, length)
+        for f, offset, length in segments(order)
+    ]
+    return (ray.data.from_arrow_refs(blocks),
+            {"checkpoint_files": len(files), "blocks": len(blocks), "distributed_sort": False})
+
+
+def _slice(table: pa.Table, offset: int, length: int) -> pa.Table:
+    return table.slice(offset, length)
 
 
 def _columns_of(block: pa.Table, columns: list[str]) -> pa.Table:

@@ -244,9 +244,9 @@ def commit(
     context.execution_options.preserve_order = True
     try:
         with timings.stage("sort"), display.stage("sort", unit="rows") as sorting:
-            ordered, shuffled = ordered_rows(*rows, decisions)
+            ordered, ordering = ordered_rows(*rows, decisions)
             sorting.done = ordered.count()
-        logger.info("sort: %s", "distributed sort (checkpoint files overlap)" if shuffled else "no shuffle needed")
+        logger.info("sort: %s", ordering)
         stats = RowStats()
         with display.stage("write", total=sorting.done, unit="rows"):
             with timings.stage("stats"):
@@ -274,6 +274,7 @@ def commit(
         "tokens": stats.manifest_tokens(),
         "files": files,
         "timings_s": timings.seconds,
+        "ordering": ordering,
         "versions": _versions(),
         "ray": {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}},
     }

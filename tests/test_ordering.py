@@ -10,26 +10,35 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.dedup import DECISION_SCHEMA
-from jobs.ordering import SORT_KEY, apply_decisions, column_batches, disjoint_order, ordered_rows
+from jobs.ordering import SORT_KEY, Run, apply_decisions, column_batches, disjoint_order, ordered_rows, segments
 from operators import schema
 from operators.write import Output
 
 SOURCES = ("a/one.jsonl", "a/two.jsonl", "b/é.json", "b/z.json")  # non-ASCII: byte order is code point order
 
 
-def test_disjoint_ranges_are_ordered_by_first_key():
-    ranges = [(("b", 0), ("b", 9)), None, (("a", 5), ("a", 7)), (("a", 8), ("a", 8)), (("c", 0), ("c", 1))]
-    assert disjoint_order(ranges) == [2, 3, 0, 4]
+def run(file, first, last, offset=0):
+    return Run(file, offset, last[1] - first[1] + 1, first, last)
 
 
-@pytest.mark.parametrize("ranges", [
-    [(("a", 0), ("a", 9)), (("a", 5), ("b", 0))],  # one starts inside the other
-    [(("a", 0), ("c", 0)), (("b", 0), ("b", 1))],  # one inside the other
-    [(("a", 0), ("a", 5)), (("a", 5), ("a", 6))],  # a shared key: never two rows with one key in order
+def test_disjoint_runs_are_ordered_by_first_key_and_joined_within_a_file():
+    runs = [run(0, ("b", 0), ("b", 9)), run(1, ("a", 5), ("a", 7)), run(1, ("c", 0), ("c", 1), offset=3),
+            run(2, ("a", 8), ("a", 8)), run(0, ("b", 10), ("b", 12), offset=10), run(3, ("a", 0), ("a", 4))]
+    order = disjoint_order(runs)
+    assert [(r.file, r.first) for r in order] == [
+        (3, ("a", 0)), (1, ("a", 5)), (2, ("a", 8)), (0, ("b", 0)), (0, ("b", 10)), (1, ("c", 0))]
+    # File 0's two runs follow each other in the order and in the file: one segment.
+    assert segments(order) == [(3, 0, 5), (1, 0, 3), (2, 0, 1), (0, 0, 13), (1, 3, 2)]
+
+
+@pytest.mark.parametrize("runs", [
+    [run(0, ("a", 0), ("a", 9)), run(1, ("a", 5), ("a", 12))],  # one starts inside the other
+    [run(0, ("a", 0), ("a", 20)), run(1, ("a", 3), ("a", 4))],  # one inside the other
+    [run(0, ("a", 0), ("a", 5)), run(1, ("a", 5), ("a", 6))],  # a shared key: never two rows with one key in order
 ])
-def test_overlapping_ranges_need_a_sort(ranges):
-    assert disjoint_order(ranges) is None
-    assert disjoint_order(list(reversed(ranges))) is None
+def test_overlapping_runs_need_a_sort(runs):
+    assert disjoint_order(runs) is None
+    assert disjoint_order(list(reversed(runs))) is None
 
 
 def rows(keys: list[tuple[str, int]]) -> pa.Table:
@@ -67,20 +76,26 @@ KEYS = [(s, r) for s in SOURCES for r in range(30)]
 REMOVED = KEYS[3::7]
 
 
-@pytest.mark.parametrize("layout, shuffled", [
+@pytest.mark.parametrize("layout, shuffled, blocks", [
     # Read tasks over whole files, in discovery order: disjoint ranges, whatever the files' names say.
-    ([KEYS[60:90], KEYS[0:25], KEYS[25:60], KEYS[90:]], False),
-    # Rows of one source spread over files (e.g. a retried task's blocks): ranges overlap.
-    ([KEYS[0::2], KEYS[1::2]], True),
-    # One row out of place: the second file's range reaches back into the first's.
-    ([KEYS[:40] + KEYS[41:50], KEYS[50:70] + KEYS[40:41], KEYS[70:]], True),
+    ([KEYS[60:90], KEYS[0:25], KEYS[25:60], KEYS[90:]], False, 4),
+    # The tokenizer pool bundled a read task's short last block (a/one's last rows) with the next one to
+    # arrive (b/z's first rows): that file is cut in two. b/é sorts after b/z, so the file holding a/two and
+    # b/é is cut too: a/one | a/one | a/two | b/z | b/z | b/é.
+    ([KEYS[:25], KEYS[25:30] + KEYS[90:100], KEYS[30:90], KEYS[100:]], False, 6),
+    # Rows of one source interleaved over files: ranges overlap, Ray Data sorts.
+    ([KEYS[0::2], KEYS[1::2]], True, None),
+    # One row out of place: the second file's run of a source reaches back into the first's.
+    ([KEYS[:40] + KEYS[41:50], KEYS[50:70] + KEYS[40:41], KEYS[70:]], True, None),
 ])
-def test_ordered_rows_equal_one_global_sort(ray_local, tmp_path, layout, shuffled):
+def test_ordered_rows_equal_one_global_sort(ray_local, tmp_path, layout, shuffled, blocks):
     import ray
 
     output = checkpoint(tmp_path, [list(block) for block in layout])
-    ordered, was_shuffled = ordered_rows(output, ("_work", "rows"), decisions(REMOVED))
-    assert was_shuffled is shuffled
+    ordered, ordering = ordered_rows(output, ("_work", "rows"), decisions(REMOVED))
+    assert ordering["checkpoint_files"] == len(layout) and ordering["distributed_sort"] is shuffled
+    if blocks is not None:
+        assert ordering["blocks"] == blocks
     got = pa.concat_tables(ray.get(ordered.to_arrow_refs()))
     want = expected(layout, REMOVED)
     assert got.num_rows == len(KEYS)
@@ -93,6 +108,6 @@ def test_ordered_rows_equal_one_global_sort(ray_local, tmp_path, layout, shuffle
 
 def test_an_empty_checkpoint_is_an_empty_ordered_dataset(ray_local, tmp_path):
     (tmp_path / "out" / "_work" / "rows").mkdir(parents=True)
-    ordered, shuffled = ordered_rows(Output(str(tmp_path / "out")), ("_work", "rows"), None)
-    assert ordered.count() == 0 and not shuffled
+    ordered, ordering = ordered_rows(Output(str(tmp_path / "out")), ("_work", "rows"), None)
+    assert ordered.count() == 0 and ordering == {"checkpoint_files": 0, "blocks": 0, "distributed_sort": False}
     assert ordered.schema().names == schema.DECIDED_SCHEMA.names

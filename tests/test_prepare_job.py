@@ -36,7 +36,9 @@ def read_dir(output, subdir):
 @pytest.fixture(scope="module")
 def one_actor_run(ray_local, sample, tmp_path_factory):
     output = tmp_path_factory.mktemp("out1")
-    manifest = run_job(output, [sample[0]], tokenize_actors=1, embed_actors=1, index_shards=1, rows_per_shard=200)
+    # One read task per file (read_group_mb=0): the rows checkpoint has several files to order.
+    manifest = run_job(output, [sample[0]], tokenize_actors=1, embed_actors=1, index_shards=1, rows_per_shard=200,
+                       read_group_mb=0)
     return output, manifest
 
 
@@ -71,6 +73,8 @@ def test_kept_rows_are_sorted_sharded_and_templated(one_actor_run):
     rows = [r for t in tables for r in t.to_pylist()]
     keys = [(r["source"], r["source_row"]) for r in rows]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    # Read tasks take whole files in source order: the checkpoint's files are ordered without a shuffle.
+    assert manifest["ordering"]["checkpoint_files"] >= 2 and not manifest["ordering"]["distributed_sort"]
     for r in rows:
         assert r["id"] == schema.row_id(r["source"], r["source_row"])
         assert r["source"].startswith("sample/shard-")
