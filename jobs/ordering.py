@@ -110,7 +110,9 @@ def ordered_rows(output: Output, parts: tuple[str, ...], decisions: pa.Table | N
     if not order:  # Ray writes no file for an empty dataset: zero rows read
         return (ray.data.from_arrow(schema.DECIDED_SCHEMA.empty_table()).materialize(),
                 {"checkpoint_files": len(files), "blocks": 0, "distributed_sort": False})
-    lengths = [sum(run.length for run in runs if run.file == f) for f in range(len(files))]
+    lengths = [0] * len(files)
+    for run in runs:
+        lengths[run.file] += run.length
     cut = ray.remote(_slice).options(num_cpus=IO_TASK_CPUS)
     blocks = [
         refs[f][0] if (offset, length) == (0, lengths[f]) else cut.remote(refs[f][0], offset, length)
