@@ -180,10 +180,54 @@ def scaling_index_1m(record: dict) -> list[str]:
     return lines + [""]
 
 
+# The projection's assumptions (nothing here was measured on a cluster or a GPU: see gpu_check.py).
+CLUSTER_GPUS, CLUSTER_CPUS = 16, 128  # e.g. 4 nodes x (4 GPUs, 32 cores)
+ASSUMED_GPU_TEXTS_PER_S = 10_000  # MiniLM-L6 on short user turns, per GPU, fp16: an assumption, not measured
+DRIVER_STAGES = ("resolve",)  # single-threaded on the driver: scales with rows only
+
+
+def projection(run: dict, rows_target: int, cpus_here: int) -> list[str]:
+    """Wall time per stage for `rows_target` rows on the assumed cluster, from one measured run."""
+    timings = run["manifest"]["timings_s"]
+    scale = rows_target / run["rows"]
+    core_ratio = CLUSTER_CPUS / cpus_here
+    texts = run["manifest"]["dedup"]["vectors"]["rows"] * scale if run["manifest"].get("dedup") else 0
+    rows, total = [], 0.0
+    for stage, seconds in timings.items():
+        if stage == "total":
+            continue
+        if stage == "embed":
+            projected, how = texts / (CLUSTER_GPUS * ASSUMED_GPU_TEXTS_PER_S), \
+                f"{texts:,.0f} texts / ({CLUSTER_GPUS} GPUs x {ASSUMED_GPU_TEXTS_PER_S:,} texts/s, assumed)"
+        elif stage == "index_search":
+            # IVF: nlist ~ sqrt(N) at a fixed nprobe, so each query scans ~sqrt(N) rows; flat scans all N.
+            kind = run["manifest"]["dedup"]["index"]["kind"]
+            power = 2 if kind == "flat" else 1.5
+            projected = seconds * scale ** power / core_ratio
+            how = f"x{scale:g}^{power:g} ({kind}) / {core_ratio:g} (cores)"
+        elif stage in DRIVER_STAGES:
+            projected, how = seconds * scale, f"x{scale:g} (driver, one thread)"
+        else:
+            projected, how = seconds * scale / core_ratio, f"x{scale:g} / {core_ratio:g} (cores)"
+        total += projected
+        rows.append([stage, round(seconds, 1), round(projected, 1), how])
+    rows.append(["total", round(timings.get("total", 0), 1), round(total, 1), "plus Ray start and the report"])
+    return _table(["stage", f"measured s ({run['rows']:,} rows, {cpus_here} cores)",
+                   f"projected s ({rows_target:,} rows)", "how"], rows)
+
+
 def scaling_job_user(record: dict) -> list[str]:
     """The job part of scaling.py with dedup on the user turns, at 100k and 1M rows (Scaling keeps the older run)."""
     lines = scaling(record)
     lines[0] = "## A million rows end to end, dedup on the user turns"
+    runs = [r for r in record["job"]["runs"].values() if "manifest" in r]
+    if runs:
+        largest = max(runs, key=lambda r: r["rows"])
+        cpus = (record["job"].get("machine") or {}).get("nproc") or 2
+        lines += [f"Projection for 10,000,000 rows on {CLUSTER_GPUS} GPUs and {CLUSTER_CPUS} cores, from the "
+                  f"{largest['rows']:,}-row run (assumptions in results_report.py; CPU stages assumed to scale "
+                  "linearly with rows and cores):", ""]
+        lines += projection(largest, 10_000_000, cpus)
     volume = record["job"].get("driver_memory_vs_volume_dedup")
     if volume and volume["driver_peak_rss_mb_per_stage"]:
         rows = [[stage, *peaks] for stage, peaks in volume["driver_peak_rss_mb_per_stage"].items()]
