@@ -37,7 +37,7 @@ from operators.exact_dedup import (
 )
 from operators.index import IndexConfig, Neighbors, pair_similarity, search_with_ray
 from operators.resolve import best_per_row, resolve_greedy, resolve_none
-from jobs.vectors import EmbedToStore, VectorStore, settings_key, settings_of
+from jobs.vectors import EmbedToStore, HashLookup, VectorStore, settings_key, settings_of
 from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -244,11 +244,12 @@ class VectorBatches:
 
     def __init__(self, stores: list[VectorStore], rep_sha1: pa.Array):
         self.stores, self.rep_sha1 = stores, rep_sha1
+        self._lookup = HashLookup(rep_sha1)  # once: the index and the recall read the stores four times
 
     def _tables(self, columns: list[str]):
         seen = np.zeros(len(self.rep_sha1), dtype=bool)
         for store in self.stores:
-            yield from store.batches(self.rep_sha1, columns, SEARCH_BATCH, seen)
+            yield from store.batches(self._lookup, columns, SEARCH_BATCH, seen)
 
     def __call__(self):
         for ranks, table in self._tables([VECTOR]):

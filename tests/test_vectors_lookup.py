@@ -1,0 +1,35 @@
+"""HashLookup (jobs/vectors.py): the positions pc.index_in gives, from a lookup built once."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.vectors import HashLookup
+
+
+def sha1s(words) -> list[str]:
+    return [hashlib.sha1(w.encode()).hexdigest() for w in words]
+
+
+def test_positions_equal_index_in_with_repeats_and_misses():
+    rng = random.Random(3)
+    wanted = sha1s(str(rng.randrange(5000)) for _ in range(3000))  # repeats: the first position counts
+    asked = sha1s(str(rng.randrange(8000)) for _ in range(2000))  # about a third are not wanted
+    lookup = HashLookup(pa.array(wanted))
+    expected = pc.fill_null(pc.index_in(pa.array(asked), value_set=pa.array(wanted)), -1).to_numpy()
+    got = lookup.positions(pa.array(asked))
+    assert (got == expected).all()
+    assert (got == -1).sum() > 300 and len(lookup) == 3000
+
+
+def test_an_empty_lookup_finds_nothing_and_the_largest_hash_is_found():
+    assert (HashLookup(pa.array([], pa.string())).positions(pa.array(sha1s("ab"))) == -1).all()
+    hashes = sorted(sha1s("abcdef"))
+    lookup = HashLookup(pa.array(hashes[::-1]))
+    assert lookup.positions(pa.array([hashes[-1], hashes[0], "f" * 41])).tolist() == [0, 5, -1]
+    assert np.issubdtype(lookup.positions(pa.array(hashes)).dtype, np.integer)
