@@ -220,6 +220,7 @@ def scaling_job_user(record: dict) -> list[str]:
     """The job part of scaling.py with dedup on the user turns, at 100k and 1M rows (Scaling keeps the older run)."""
     lines = scaling(record)
     lines[0] = "## A million rows end to end, dedup on the user turns"
+    lines += [f"Note: {note}" for note in record["job"].get("notes", [])] + [""] * bool(record["job"].get("notes"))
     runs = [r for r in record["job"]["runs"].values() if "manifest" in r]
     if runs:
         largest = max(runs, key=lambda r: r["rows"])
