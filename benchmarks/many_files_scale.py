@@ -96,9 +96,15 @@ def s3_discovery(objects: int) -> dict:
         started = time.perf_counter()
         found = discover([f"s3://{BUCKET}/tree/"])
         seconds = time.perf_counter() - started
+        # The baseline: the same listing with boto3's paginator alone (what the server itself costs).
+        started = time.perf_counter()
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="tree/")
+        listed = sum(len(page.get("Contents", [])) for page in pages)
+        boto3_s = time.perf_counter() - started
     finally:
         server.stop()
     return {"objects": objects, "files": len(found.files), "seconds": round(seconds, 2),
+            "boto3_listing": {"objects": listed, "seconds": round(boto3_s, 2)},
             "populate_backend_s": round(populate_s, 1)}
 
 
@@ -114,6 +120,13 @@ def main() -> None:
     args = parser.parse_args()
     run = BenchmarkRun("many_files_scale", REPO)
     fields: dict = {}
+    if args.skip_jobs and Path(args.out).exists():  # keep the earlier run's jobs, with their date
+        import json
+
+        earlier = json.loads(Path(args.out).read_text())
+        if "jobs" in earlier:
+            fields.update(jobs_date=earlier.get("jobs_date", earlier["date"]), jobs_command=earlier.get(
+                "jobs_command", earlier["command"]), **{k: earlier[k] for k in ("rows", "jobs", "many_vs_few_wall")})
     if not args.skip_jobs:
         with tempfile.TemporaryDirectory(prefix="many-files-scale-", dir=args.tmp_dir) as scratch_name:
             scratch = Path(scratch_name)

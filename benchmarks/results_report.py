@@ -300,10 +300,16 @@ def many_files_scale(record: dict) -> list[str]:
         rows = [[name, job["files"], job["rows_read"], job["kept"], job["wall_s"], job["read_stage_s"]]
                 for name, job in record["jobs"].items()]
         lines += _table(["input", "files", "rows read", "kept", "job wall s", "read stage s"], rows)
-        lines.append(f"The many-file input takes {record['many_vs_few_wall']}x the wall time of the few-file one.")
+        lines.append(f"The many-file input takes {record['many_vs_few_wall']}x the wall time of the few-file one"
+                     + (f" (jobs run {record['jobs_date']}: `{record['jobs_command']}`)." if "jobs_date" in record
+                        else "."))
     if "discovery_s3" in record:
         s3 = record["discovery_s3"]
-        lines.append(f"Discovery of {s3['files']:,} objects on a local S3 server (moto, over HTTP): {s3['seconds']} s.")
+        line = f"Discovery of {s3['files']:,} objects on a local S3 server (moto, over HTTP): {s3['seconds']} s"
+        if "boto3_listing" in s3:
+            line += (f"; the same listing with boto3's paginator alone, side by side: "
+                     f"{s3['boto3_listing']['seconds']} s (the server's own cost)")
+        lines.append(line + ".")
     return lines + [""]
 
 
