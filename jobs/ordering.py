@@ -13,8 +13,10 @@ both ways give the same rows in the same order, and the output does not depend o
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -61,14 +63,14 @@ def _marked_and_sorted(path: str, fs, decisions: pa.Table | None) -> tuple[pa.Ta
     last, short block with whatever block arrives next."""
     table = apply_decisions(pq.read_table(path, filesystem=fs), decisions)
     table = table.sort_by([(c, "ascending") for c in SORT_KEY])
-    sources = table.column(schema.SOURCE).to_pylist()
-    rows = table.column(schema.SOURCE_ROW).to_pylist()
-    runs, start = [], 0
-    for i in range(1, len(sources) + 1):
-        if i == len(sources) or sources[i] != sources[start]:
-            runs.append((start, i - start, (sources[start], rows[start]), (sources[i - 1], rows[i - 1])))
-            start = i
-    return table, runs
+    # Sorted, so each source's rows are consecutive: a run starts where the source's code changes.
+    codes = pc.dictionary_encode(table.column(schema.SOURCE)).combine_chunks().indices.to_numpy()
+    starts = np.flatnonzero(np.diff(codes, prepend=-1))
+    ends = np.append(starts[1:], table.num_rows)
+    keys = table.select(SORT_KEY)
+    first, last = keys.take(starts).to_pylist(), keys.take(ends - 1).to_pylist()
+    return table, [(int(s), int(e - s), tuple(f.values()), tuple(l.values()))
+                   for s, e, f, l in zip(starts, ends, first, last)]
 
 
 def disjoint_order(runs: list[Run]) -> list[Run] | None:
@@ -110,14 +112,10 @@ def ordered_rows(output: Output, parts: tuple[str, ...], decisions: pa.Table | N
     if not order:  # Ray writes no file for an empty dataset: zero rows read
         return (ray.data.from_arrow(schema.DECIDED_SCHEMA.empty_table()).materialize(),
                 {"checkpoint_files": len(files), "blocks": 0, "distributed_sort": False})
-    lengths = [0] * len(files)
-    for run in runs:
-        lengths[run.file] += run.length
+    pieces = segments(order)
+    pieces_of = Counter(f for f, _, _ in pieces)  # a file left in one piece is its own block, uncut
     cut = ray.remote(_slice).options(num_cpus=IO_TASK_CPUS)
-    blocks = [
-        refs[f][0] if (offset, length) == (0, lengths[f]) else cut.remote(refs[f][0], offset, length)
-        for f, offset, length in segments(order)
-    ]
+    blocks = [refs[f][0] if pieces_of[f] == 1 else cut.remote(refs[f][0], offset, length) for f, offset, length in pieces]
     return (ray.data.from_arrow_refs(blocks),
             {"checkpoint_files": len(files), "blocks": len(blocks), "distributed_sort": False})
 
