@@ -459,7 +459,13 @@ def job_command(rows: int, dedup: bool, output: Path, extra: str) -> list[str]:
 
 def run_job(rows: int, dedup: bool, args) -> dict:
     """One job as a subprocess, sampled; returns its record. Its output is deleted afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"chatsieve-scaling-{rows}-", dir=args.tmp_dir))
+    if args.reuse_outputs:
+        # A kept output is rerun with --overwrite, which keeps _work/: its vectors store is reused, so the
+        # stages after embedding (index, recall, resolve: the driver's memory) are measured without re-embedding.
+        workdir = Path(args.reuse_outputs) / f"{'dedup' if dedup else 'nodedup'}_{rows}"
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=f"chatsieve-scaling-{rows}-", dir=args.tmp_dir))
     log_path = workdir.with_suffix(".log")  # beside the output, so it survives the output's deletion
     output = workdir / "out"
     command = job_command(rows, dedup, output, args.job_args)
@@ -489,9 +495,9 @@ def run_job(rows: int, dedup: bool, args) -> dict:
             record["log_tail"] = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             record["log"] = str(log_path)
     finally:
-        if not args.keep_outputs:  # 1M rows leave a few GB
+        if not (args.keep_outputs or args.reuse_outputs):  # 1M rows leave a few GB
             shutil.rmtree(workdir, ignore_errors=True)
-    if "manifest" in record and not args.keep_outputs:
+    if "manifest" in record and not (args.keep_outputs or args.reuse_outputs):
         log_path.unlink(missing_ok=True)
     return record
 
@@ -606,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--job-timeout-s", type=float, default=6 * 3600, help="stop a job after this (default 6 h)")
     job.add_argument("--tmp-dir", default="/tmp", help="where the job outputs go (1M rows: a few GB)")
     job.add_argument("--keep-outputs", action="store_true", help="keep the job outputs and logs")
+    job.add_argument("--reuse-outputs", metavar="DIR", default="",
+                     help="keep each output under DIR/<run> and rerun into it (its vectors are reused)")
     return parser
 
 

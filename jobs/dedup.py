@@ -343,7 +343,6 @@ def decide(plan: CandidatePlan, neighbors: Neighbors, dedup, labels: tuple[str, 
     neighbors = without_reference_pairs(plan, neighbors)
     resolve = resolve_none if dedup.keep == "none" else resolve_greedy
     result = resolve(m, neighbors.pairs_a, neighbors.pairs_b, neighbors.pairs_sim, threshold)
-    ids = np.asarray(plan.ids.to_pylist(), dtype=object)
     is_rep, rep_rank = plan.is_rep, plan.rep_rank
     is_ref = plan.reference >= 0
     rep_is_ref = is_ref[rep_rank]
@@ -399,30 +398,26 @@ def decide(plan: CandidatePlan, neighbors: Neighbors, dedup, labels: tuple[str, 
         exact = exact & ~via_rep
         reasons = np.where(is_ref[targets], schema.IN_REFERENCE, reasons)
 
-    details, duplicate_of, where = [], [], []
-    for reason, target, similarity, is_exact in zip(reasons.tolist(), targets.tolist(), sims.tolist(), exact.tolist()):
-        found = reference_index(ids[target]) if plan.reference[target] >= 0 else None
-        if found is None:
-            duplicate_of.append(ids[target])
-            where.append(None)
-            text = f"same normalized {dedup.dedup_on} text" if is_exact else f"cosine {similarity:.6f} >= {threshold}"
-        else:
-            index, original = found
-            duplicate_of.append(original)
+    # Ids stay Arrow (taken by rank): no Python string per candidate on the driver, only per removed row's text.
+    same_text = f"same normalized {dedup.dedup_on} text"
+    details = [same_text if is_exact else f"cosine {similarity:.6f} >= {threshold}"
+               for similarity, is_exact in zip(sims.tolist(), exact.tolist())]
+    duplicate_of = plan.ids.take(pa.array(targets))
+    where = pa.nulls(len(rows), pa.string())
+    to_reference = np.flatnonzero(plan.reference[targets] >= 0)
+    if len(to_reference):
+        duplicate_of, where = duplicate_of.to_pylist(), where.to_pylist()
+        for k in to_reference.tolist():
+            target = int(targets[k])
+            index, duplicate_of[k] = reference_index(plan.ids[target].as_py())
             label = labels[index] if index < len(labels) else f"reference {index}"
-            where.append(f"{plan.sources[target].as_py()}#{plan.source_rows[target].as_py()} in {label}")
-            text = (f"same normalized {dedup.dedup_on} text as a row of {label}" if is_exact
-                    else f"cosine {similarity:.6f} >= {threshold} to a row of {label}")
-        details.append(text)
-    decisions = pa.Table.from_pydict(
-        {
-            schema.ID: ids[rows].tolist(),
-            schema.REASON: reasons.tolist(),
-            schema.DETAIL: details,
-            schema.DUPLICATE_OF: duplicate_of,
-            schema.SIMILARITY: sims,
-            schema.DUPLICATE_OF_SOURCE: where,
-        },
+            where[k] = f"{plan.sources[target].as_py()}#{plan.source_rows[target].as_py()} in {label}"
+            details[k] = (f"{same_text} as a row of {label}" if exact[k]
+                          else f"cosine {float(sims[k]):.6f} >= {threshold} to a row of {label}")
+    decisions = pa.Table.from_arrays(
+        [plan.ids.take(pa.array(rows)), pa.array(reasons.tolist(), pa.string()), pa.array(details, pa.string()),
+         pa.array(duplicate_of, pa.string()) if isinstance(duplicate_of, list) else duplicate_of,
+         pa.array(sims, pa.float32()), pa.array(where, pa.string()) if isinstance(where, list) else where],
         schema=DECISION_SCHEMA,
     )
     near_threshold = int(np.sum(np.abs(neighbors.pairs_sim.astype(np.float64) - threshold) <= NEAR_THRESHOLD))
@@ -566,10 +561,10 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         keys = load_candidate_keys(output)
         if excluded is not None and len(excluded):
             keys = keys.filter(pc.invert(pc.is_in(keys.column(schema.ID), value_set=excluded)))
+        left_out = keys.filter(pc.is_null(keys.column(REFERENCE))).column(BOILERPLATE).to_numpy(zero_copy_only=False)
+        boilerplate_summary.update(rows=int(np.sum(left_out > 0)), paragraphs_left_out=int(np.sum(left_out)))
         plan = plan_candidates(keys, config.dedup.keep)
-    inputs = keys.filter(pc.is_null(keys.column(REFERENCE)))
-    left_out = inputs.column(BOILERPLATE).to_numpy(zero_copy_only=False)
-    boilerplate_summary.update(rows=int(np.sum(left_out > 0)), paragraphs_left_out=int(np.sum(left_out)))
+        del keys  # the plan holds what the rest needs (a copy, in priority order)
     m = len(plan.rep_ids)
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
     with timings.stage("embed"):

@@ -358,6 +358,28 @@ def train_quantizer(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
     return _faiss().serialize_index(index).tobytes()
 
 
+def train_from_stream(
+    batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], n: int, dim: int, nlist: int, omp_threads: int = 0
+) -> bytes:
+    """Gather the training sample from one pass over `batches()` (by rank: `training_sample_ranks`) and train
+    the quantizer; search_with_ray runs it as a Ray task. `omp_threads` as in IndexShard (0: the node's cores,
+    since Ray sets OMP_NUM_THREADS=1 in a fractional task)."""
+    _faiss().omp_set_num_threads(_resolve_threads(omp_threads, 1))
+    want = training_sample_ranks(n, nlist)
+    got_r, got_v = [], []
+    for r, v in batches():
+        r, v = _check_batch(r, v, dim)
+        mask = np.isin(r, want)
+        got_r.append(r[mask])
+        got_v.append(v[mask])
+    got_r = np.concatenate(got_r) if got_r else np.empty(0, np.int64)
+    if not np.array_equal(np.sort(got_r), want):
+        raise ValueError("batches() did not yield every training-sample rank exactly once")
+    sample = np.concatenate(got_v)[np.argsort(got_r)]
+    del got_v
+    return train_quantizer(sample, nlist)
+
+
 class CoarseAssigner:
     """The IVF coarse assignment of a trained quantizer, computed once per batch for every shard.
 
@@ -846,8 +868,9 @@ def search_with_ray(
     """The same search with one Ray actor per shard; vectors streamed from `batches()`.
 
     `batches()` yields (ranks, vectors) covering ranks 0..n-1 once; it is called twice (add, then query),
-    and once more first for ivf when `trained` is None, to gather the training sample (by rank, so the
-    quantizer does not depend on batching). Each batch is `ray.put` once and sent to every shard, which
+    and once more first for ivf when `trained` is None, in a Ray task that gathers the training sample (by
+    rank, so the quantizer does not depend on batching) and trains (`train_from_stream`): `batches` must
+    pickle. Each batch is `ray.put` once and sent to every shard, which
     keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
     that (plus the pair list); ivf queries go in IVF_QUERY_BATCH-row calls, one queued behind the one
     running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never schedule on 2 cores,
@@ -864,18 +887,10 @@ def search_with_ray(
     config = config.resolved(n, gpu_available=config.gpu)
     started = time.perf_counter()
     if config.kind == "ivf" and trained is None:
-        nlist = config.resolved_nlist(n)
-        want = training_sample_ranks(n, nlist)
-        got_r, got_v = [], []
-        for r, v in batches():
-            r, v = _check_batch(r, v, dim)
-            mask = np.isin(r, want)
-            got_r.append(r[mask])
-            got_v.append(v[mask])
-        got_r = np.concatenate(got_r)
-        if not np.array_equal(np.sort(got_r), want):
-            raise ValueError("batches() did not yield every training-sample rank exactly once")
-        trained = train_quantizer(np.concatenate(got_v)[np.argsort(got_r)], nlist)
+        # In a task, not here: the sample is 64 * nlist vectors (~370 MB at 1M rows) and k-means works on a
+        # copy; the driver receives only the trained quantizer (~6 MB). The driver's memory stays flat with n.
+        train = ray.remote(train_from_stream).options(num_cpus=actor_options["num_cpus"])
+        trained = ray.get(train.remote(batches, n, dim, config.resolved_nlist(n), omp_threads))
 
     shard_cls = ray.remote(IndexShard)
     actors = [

@@ -274,6 +274,17 @@ def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted):
     _assert_same(search_with_ray(batches, len(x), DIM, config, RECORD, {"num_cpus": 0.25}), expected)
 
 
+def test_search_with_ray_ivf_training_task_reports_a_missing_row(ray_local, planted):
+    x, ranks, _ = planted
+
+    def batches():  # the last row never comes: the training task must say so, not train on a short sample
+        yield ranks[:-1], x[:-1]
+
+    config = IndexConfig(kind="ivf", shards=2, max_neighbors=MAX_NEIGHBORS, nlist=-(-len(x) // 64))  # samples all
+    with pytest.raises(ValueError, match="every training-sample rank"):
+        search_with_ray(batches, len(x), DIM, config, RECORD, {"num_cpus": 0.25})
+
+
 def test_search_with_ray_requires_fractional_cpus(ray_local, planted):
     with pytest.raises(ValueError, match="num_cpus"):
         search_with_ray(lambda: iter(()), 0, DIM, IndexConfig(shards=2), RECORD, {})
