@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALPACA = Path("/work/shared/data/llamafactory/alpaca_en_demo.json")
 THREADS = 2
 RAY_BATCH = 1024
-ENCODE_BATCH = 32  # the stage's CPU default (operators/embed.py CPU_BATCH) and encode's own default
+ENCODE_BATCH = 32  # the stage's CPU default with torch (operators/embed.py CPU_BATCH_OTHER) and encode's own
 
 
 # --- machine -------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ from process_tree import memory_record, run_sampled
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SAME_WORK = ["--turns", "first", "--dedup-on", "assistant", "--keep", "none", "--embed-max-tokens", "256"]
-SAMPLER = SimpleNamespace(interval=0.5, pss_every=1_000_000, job_timeout_s=7200)
+# PSS every 8th sample (4 s): RSS counts a page shared by several processes in each of them, PSS once.
+SAMPLER = SimpleNamespace(interval=0.5, pss_every=8, job_timeout_s=7200)
 
 
 def fast_backend_default() -> str:
@@ -99,8 +100,10 @@ def run_variant(name: str, command: list[str], log: Path) -> dict:
     if returncode != 0:
         raise RuntimeError(f"{name} failed ({returncode}); see {log}:\n{log.read_text()[-3000:]}")
     memory = memory_record(sampler)
-    print(f"  {name}: {wall:.1f} s, peak tree RSS {memory['tree_peak_rss_mb']} MB, load {load}", flush=True)
+    print(f"  {name}: {wall:.1f} s, peak tree RSS {memory['tree_peak_rss_mb']} MB, PSS {memory['tree_peak_pss_mb']} MB, "
+          f"load {load}", flush=True)
     return {"wall_s": round(wall, 2), "tree_peak_rss_mb": memory["tree_peak_rss_mb"],
+            "tree_peak_pss_mb": memory["tree_peak_pss_mb"],
             "driver_peak_rss_mb": memory["driver_peak_rss_mb"], "load_before": load,
             "tree_peak_rss_by_process": memory["tree_peak_rss_by_process"]}
 
@@ -124,6 +127,7 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
             "wall_s": round(wall / len(records), 2),
             "speedup_vs_naive": round(naive_wall / wall, 3),
             "tree_peak_rss_mb": max(r["tree_peak_rss_mb"] for r in records),
+            "tree_peak_pss_mb": max((r["tree_peak_pss_mb"] for r in records if r["tree_peak_pss_mb"]), default=None),
         }
     naive = json.loads((out / "naive.json").read_text())
     variants["naive"].update(steps_s=naive["steps_s"], rows=naive["rows"])

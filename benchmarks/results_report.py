@@ -51,10 +51,12 @@ def end_to_end(record: dict) -> list[str]:
         rows = []
         for variant, v in data["variants"].items():
             kept = v["rows"]["kept"] if variant == "naive" else v["rows"].get("kept")
-            rows.append([variant, v["wall_s"], _x(v["speedup_vs_naive"]), v["tree_peak_rss_mb"], kept])
+            rows.append([variant, v["wall_s"], _x(v["speedup_vs_naive"]), v["tree_peak_rss_mb"],
+                         v.get("tree_peak_pss_mb", "-"), kept])
         lines.append(f"**{name}** ({data['input']['rows']:,} rows)" + (f", run {data['date']}" if "date" in data else ""))
         lines.append("")
-        lines += _table(["variant", "wall s", "speed vs naive", "peak RSS MB (process tree)", "rows kept"], rows)
+        lines += _table(["variant", "wall s", "speed vs naive", "peak RSS MB (process tree)",
+                         "peak PSS MB (process tree)", "rows kept"], rows)
         breakdown = (data["variants"].get("same_work_fast", {}).get("runs") or [{}])[0].get("tree_peak_rss_by_process")
         if breakdown:
             lines.append("same_work_fast's process tree at its RSS peak (MB, largest first): " + ", ".join(
@@ -323,6 +325,49 @@ def vector_lookup(record: dict) -> list[str]:
     return lines + [""]
 
 
+def embed_batch_memory(record: dict) -> list[str]:
+    lines = ["## The CPU embedding batch size: the actor's memory and speed", ""] + _provenance(record)
+    lines.append(f"{record['texts']:,} distinct answers of {record['real_rows']:,} real rows, max_tokens "
+                 f"{record['max_tokens']}, {record['threads']} threads, {record['rounds']} rounds; each run a fresh "
+                 "process. Fidelity against batch 32 (the earlier default).")
+    lines.append("")
+    rows = []
+    for batch, v in record["variants"].items():
+        f = v["fidelity_vs_32"]
+        rows.append([batch, v["rss_built_mb"], v["peak_rss_mb"], v["texts_per_s"], _x(v["speed_vs_32_wall"]),
+                     _x(v["speed_vs_32_cpu"]), f"{f['max_1_minus_cos']:.1e}", f"{f['max_abs_delta_cos']:.1e}",
+                     sum(f["changed_decisions"].values())])
+    lines += _table(["batch", "RSS built MB", "peak RSS MB", "texts/s", "speed vs 32 (wall)", "speed vs 32 (CPU)",
+                     "max 1-cos vs 32", "max |d cos| pairs", "decisions changed"], rows)
+    return lines
+
+
+def driver_memory(record: dict) -> list[str]:
+    lines = ["## The driver's memory with dedup on, 100k vs 1M rows (stand-in vectors)", ""] + _provenance(record)
+    lines.append("The real job at each size, with its vectors store filled by stand-in vectors (hashed bag of "
+                 "words, benchmarks/driver_memory.py) instead of 1M texts embedded on CPU: everything the driver "
+                 "does runs for real. Stand-ins find fewer near duplicates than MiniLM (pairs below).")
+    lines.append("")
+    rows = []
+    for run in record["runs"].values():
+        memory, manifest = run["memory"], run.get("manifest") or {}
+        dedup = manifest.get("dedup") or {}
+        rows.append([f"{run['rows']:,}", run["wall_s"], memory.get("driver_peak_rss_mb"), memory.get("tree_peak_rss_mb"),
+                     (dedup.get("index") or {}).get("kind"), dedup.get("pairs_recorded"),
+                     dedup.get("near_duplicates_removed"), dedup.get("exact_duplicates_removed"),
+                     ", ".join(f"{k} {v:.0f}" for k, v in manifest.get("timings_s", {}).items() if v >= 1)])
+    lines += _table(["rows", "wall s", "driver peak RSS MB", "tree peak RSS MB", "index", "pairs recorded",
+                     "near removed", "exact removed", "stages >= 1 s (s)"], rows)
+    volume = record.get("driver_memory_vs_volume")
+    if volume:
+        lines.append(f"Driver peak x{volume['driver_peak_ratio_largest_vs_smallest']} for "
+                     f"x{volume['rows'][-1] // volume['rows'][0]} rows. Per stage (MB):")
+        lines.append("")
+        lines += _table(["stage", *(f"{n:,} rows" for n in volume["rows"])],
+                        [[stage, *peaks] for stage, peaks in volume["driver_peak_rss_mb_per_stage"].items()])
+    return lines
+
+
 def gpu_check(record: dict) -> list[str]:
     lines = ["## The GPU embedding path", ""] + _provenance(record)
     if record.get("device") != "cuda":
@@ -375,6 +420,8 @@ SECTIONS = (
     ("index_search_100k", index_search),
     ("ivf_scan", ivf_scan),
     ("vector_lookup", vector_lookup),
+    ("driver_memory", driver_memory),
+    ("embed_batch_memory", embed_batch_memory),
     ("scaling_index_1m", scaling_index_1m),
     ("scaling_job_user", scaling_job_user),
     ("scaling", scaling),

@@ -300,7 +300,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("embed_max_tokens", "embed", "max_tokens",
            "word pieces embedded per row; longer texts are embedded window by window and averaged (default: 512)",
            type=int),
-    Option("embed_batch_size", "embed", "batch_size", "texts per forward pass (default: 128 on GPU, 32 on CPU)", type=int),
+    Option("embed_batch_size", "embed", "batch_size",
+           "texts per forward pass (default: 128 on GPU; on CPU 8 with openvino, else 32)", type=int),
     Option("embed_backend", "embed", "backend",
            "runtime on CPU: torch, onnx (ONNX Runtime) or openvino, exported locally from the same model and "
            "cached; auto is torch on a GPU and the measured CPU default on CPU (see benchmarks/RESULTS.md)",

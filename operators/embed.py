@@ -72,7 +72,12 @@ DEVICES = ("auto", "cpu", "cuda")
 # "auto": torch on a GPU (fp16), CPU_BACKEND on CPU. See benchmarks/RESULTS.md for why CPU_BACKEND is what it is.
 BACKEND_CHOICES = ("auto", *BACKENDS)
 CPU_BACKEND = "openvino"
-GPU_BATCH, CPU_BATCH = 128, 32  # EmbedConfig.batch_size's default by device
+GPU_BATCH = 128  # EmbedConfig.batch_size's default on a GPU
+# ... and on CPU, by runtime. OpenVINO at 8 texts per pass: 1.2x the speed of 32 on real answers and ~300 MB
+# less at the actor's peak (its working memory follows the batch's activations; benchmarks/RESULTS.md, "The
+# CPU embedding batch size"). torch and ONNX Runtime keep 32 (measured against 128 only).
+CPU_BATCH = {"openvino": 8}
+CPU_BATCH_OTHER = 32
 # `windows` is int16 and a window holds at least one word piece, so this bound keeps it from overflowing
 # for any embedder; it is 64x the default and far beyond what a dedup text needs.
 MAX_TOKENS_LIMIT = 32767
@@ -95,9 +100,9 @@ class EmbedConfig:
     `model`: "all-minilm-l6-v2" (built in, offline), a local sentence-transformers directory (loaded with
     local_files_only=True), or a hub name (may download: the user's explicit choice).
     `max_tokens`: word pieces embedded per row at most (--embed-max-tokens; docs/architecture.md's default 512).
-    `batch_size`: `encode` batch size (texts and windows per forward pass). None: 128 on a GPU, 32 on CPU
-    (measured on real answers, MiniLM, 2 threads: 32 is 1.3x faster than 128 - less padding per sorted
-    batch and activations that stay in cache; benchmarks/RESULTS.md).
+    `batch_size`: `encode` batch size (texts and windows per forward pass). None: 128 on a GPU; on CPU 8 with
+    OpenVINO, 32 with torch or ONNX Runtime (measured on real answers, MiniLM, 2 threads: smaller batches pad
+    less per length-sorted batch and keep activations in cache; benchmarks/RESULTS.md).
     `device`: "auto" (cuda when torch sees a GPU, else cpu), "cpu" or "cuda".
     `threads`: torch threads on CPU. None: the Ray actor's CPUs (rounded up) inside an actor, else every
     core. The job should pass cores // actors when it gives actors fractional CPUs (docs/notes.md: Ray sets
@@ -132,7 +137,7 @@ class EmbedConfig:
         if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
             raise ValueError(
                 f"embed batch_size must be a positive integer, got {self.batch_size!r} (default 128 on GPU, "
-                "32 on CPU; lower it if the GPU runs out of memory)"
+                "8 on CPU with openvino, else 32; lower it if the GPU runs out of memory)"
             )
         if self.device not in DEVICES:
             raise ValueError(
@@ -153,6 +158,12 @@ class EmbedConfig:
     def cpu_backend(self) -> str:
         """The runtime a CPU actor uses."""
         return CPU_BACKEND if self.backend == "auto" else self.backend
+
+    def default_batch_size(self, device: str) -> int:
+        """Texts per forward pass when `batch_size` is None."""
+        if device == "cuda":
+            return GPU_BATCH
+        return CPU_BATCH.get(self.cpu_backend, CPU_BATCH_OTHER)
 
     def runtime(self, device: str) -> str:
         """What actually runs on `device`, for logs, the manifest and the vectors' cache key."""
@@ -422,7 +433,7 @@ class Embed:
                 self.model, resolve_model_path(config.model), config.cpu_backend, config.quantize, config.export_dir
             )
             self.model = ExportedEncoder(self.model, path, config.cpu_backend, self.threads)
-        self.batch_size = config.batch_size or (GPU_BATCH if self.device == "cuda" else CPU_BATCH)
+        self.batch_size = config.batch_size or config.default_batch_size(self.device)
         self.tokenizer = self.model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError(
