@@ -338,7 +338,7 @@ def embed_batch_memory(record: dict) -> list[str]:
                      _x(v["speed_vs_32_cpu"]), f"{f['max_1_minus_cos']:.1e}", f"{f['max_abs_delta_cos']:.1e}",
                      sum(f["changed_decisions"].values())])
     lines += _table(["batch", "RSS built MB", "peak RSS MB", "texts/s", "speed vs 32 (wall)", "speed vs 32 (CPU)",
-                     "max 1-cos vs 32", "max |d cos| pairs", "decisions changed"], rows)
+                     "max 1-cos vs 32", "max delta cos (pairs)", "decisions changed"], rows)
     return lines
 
 
@@ -358,6 +358,14 @@ def driver_memory(record: dict) -> list[str]:
                      ", ".join(f"{k} {v:.0f}" for k, v in manifest.get("timings_s", {}).items() if v >= 1)])
     lines += _table(["rows", "wall s", "driver peak RSS MB", "tree peak RSS MB", "index", "pairs recorded",
                      "near removed", "exact removed", "stages >= 1 s (s)"], rows)
+    for run in record["runs"].values():
+        recall = ((run.get("manifest") or {}).get("dedup") or {}).get("ivf_recall")
+        if recall:
+            lines.append(f"IVF recall at {run['rows']:,} rows on the stand-in vectors: {recall['recall']:.4f} "
+                         f"({recall['found_pairs']} of {recall['exact_pairs']} pairs of {recall['sample_rows']} sampled rows).")
+    for note in record.get("notes", []):
+        lines.append(f"Note: {note}")
+    lines.append("")
     volume = record.get("driver_memory_vs_volume")
     if volume:
         lines.append(f"Driver peak x{volume['driver_peak_ratio_largest_vs_smallest']} for "
