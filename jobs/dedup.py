@@ -104,7 +104,7 @@ def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
     if REFERENCE not in table.column_names:
         table = table.append_column(REFERENCE, pa.nulls(table.num_rows, pa.int32()))
     ranked = table.take(priority_order(table, keep))
-    group_rep = exact_groups(ranked.column(DEDUP_KEY).to_numpy(zero_copy_only=False))
+    group_rep = exact_groups(ranked.column(DEDUP_KEY))
     is_rep = group_rep == np.arange(len(group_rep))
     rep_position = np.cumsum(is_rep) - 1
     return CandidatePlan(

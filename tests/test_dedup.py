@@ -11,7 +11,7 @@ import pytest
 from jobs.config import DedupConfig
 from jobs.dedup import decide, plan_candidates
 from operators import schema
-from operators.exact_dedup import DEDUP_KEY, TEXT_SHA1
+from operators.exact_dedup import DEDUP_KEY, TEXT_SHA1, exact_groups
 from operators.index import IndexConfig, search_in_process
 
 DIM = 64
@@ -148,3 +148,15 @@ def test_exact_duplicate_names_the_final_kept_row(corpus):
     chained = [r for r in copies if key[r["duplicate_of"]] != key[r["id"]]]
     assert chained, "the corpus should hold a copy whose original lost to a near-duplicate"
     assert all(r["duplicate_of"] not in removed for r in copies)
+
+
+def test_exact_groups_names_each_rows_first_copy_across_chunks():
+    rng = np.random.default_rng(0)
+    keys = [f"k{v}" for v in rng.integers(0, 300, size=2000)]
+    # Reference: for each row, the first row with the same key, found the plain way.
+    first_seen: dict[str, int] = {}
+    expected = np.array([first_seen.setdefault(key, row) for row, key in enumerate(keys)])
+    chunked = pa.chunked_array([keys[:700], [], keys[700:1500], keys[1500:]])
+    assert np.array_equal(exact_groups(chunked), expected)
+    assert np.array_equal(exact_groups(pa.array(keys)), expected)
+    assert len(exact_groups(pa.chunked_array([], pa.string()))) == 0
