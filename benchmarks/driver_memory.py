@@ -78,9 +78,10 @@ class StandIn:
             grams = words + [a + " " + b for a, b in zip(words, words[1:])]
             tokens.extend(self._token(g) for g in grams)
             owners.extend([row] * len(grams))
-        table = np.stack(self.directions)
+        used, position = np.unique(np.asarray(tokens), return_inverse=True)  # only this block's directions
+        table = np.stack([self.directions[i] for i in used.tolist()])
         sums = np.zeros((len(texts), DIM), np.float32)
-        np.add.at(sums, np.asarray(owners), table[np.asarray(tokens)])
+        np.add.at(sums, np.asarray(owners), table[position])
         return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), np.float32(1e-12))
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from embed_backends import answers, embed_all, fidelity
 from inputs import real_sharegpt
-from machine import BenchmarkRun, loadavg
+from machine import BenchmarkRun, loadavg, peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -64,7 +64,7 @@ def child(batch: int, texts_path: Path, vectors_path: Path) -> dict:
         "wall_s": round(time.perf_counter() - wall0, 2),
         "cpu_s": round(time.process_time() - cpu0, 2),
         "rss_built_mb": built,
-        "peak_rss_mb": status_mb("VmHWM"),
+        "peak_rss_mb": peak_rss_mb(),  # VmHWM
         "runtime": config.runtime("cpu"),
     }
     np.save(vectors_path, vectors)

@@ -411,10 +411,10 @@ def decide(plan: CandidatePlan, neighbors: Neighbors, dedup, labels: tuple[str, 
             where[k] = f"{plan.sources[target].as_py()}#{plan.source_rows[target].as_py()} in {label}"
             details[k] = (f"{same_text} as a row of {label}" if exact[k]
                           else f"cosine {float(sims[k]):.6f} >= {threshold} to a row of {label}")
+        duplicate_of, where = pa.array(duplicate_of, pa.string()), pa.array(where, pa.string())
     decisions = pa.Table.from_arrays(
         [plan.ids.take(pa.array(rows)), pa.array(reasons.tolist(), pa.string()), pa.array(details, pa.string()),
-         pa.array(duplicate_of, pa.string()) if isinstance(duplicate_of, list) else duplicate_of,
-         pa.array(sims, pa.float32()), pa.array(where, pa.string()) if isinstance(where, list) else where],
+         duplicate_of, pa.array(sims, pa.float32()), where],
         schema=DECISION_SCHEMA,
     )
     near_threshold = int(np.sum(np.abs(neighbors.pairs_sim.astype(np.float64) - threshold) <= NEAR_THRESHOLD))

@@ -888,7 +888,7 @@ def search_with_ray(
     started = time.perf_counter()
     if config.kind == "ivf" and trained is None:
         # In a task, not here: the sample is 64 * nlist vectors (~370 MB at 1M rows) and k-means works on a
-        # copy; the driver receives only the trained quantizer (~6 MB). The driver's memory stays flat with n.
+        # copy; the driver receives only the trained quantizer (~6 MB), whatever the sample's size.
         train = ray.remote(train_from_stream).options(num_cpus=actor_options["num_cpus"])
         trained = ray.get(train.remote(batches, n, dim, config.resolved_nlist(n), omp_threads))
 
