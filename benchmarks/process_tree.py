@@ -59,6 +59,20 @@ def rss_kb(pid: int) -> int:
         return 0
 
 
+def rss_parts_kb(pid: int) -> dict[str, int]:
+    """RssAnon (the process's own heap) and RssShmem (shared memory it has touched: for a Ray driver, pages of
+    the object store it read blocks from, which RSS counts though the store owns them)."""
+    parts = {}
+    try:
+        for line in Path("/proc", str(pid), "status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                name, value = line.split(":", 1)
+                parts[name] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return parts
+
+
 def pss_kb(pid: int) -> int:
     try:
         for line in Path("/proc", str(pid), "smaps_rollup").read_text().splitlines():
@@ -122,10 +136,13 @@ class TreeSampler(threading.Thread):
                 ({"process": process_name(pid), "rss_mb": round(kb / 1024, 1)} for pid, kb in rss.items()),
                 key=lambda entry: -entry["rss_mb"],
             )
+        driver_parts = rss_parts_kb(self.pid)
         return {
             "t": round(time.perf_counter() - self.started, 1),
             "stage": self.stage,
             "driver_rss_mb": round(rss_kb(self.pid) / 1024, 1),
+            "driver_anon_mb": round(driver_parts.get("RssAnon", 0) / 1024, 1),
+            "driver_shmem_mb": round(driver_parts.get("RssShmem", 0) / 1024, 1),
             "tree_rss_mb": tree_rss_mb,
             "tree_pss_mb": round(sum(pss_kb(p) for p in tree) / 1024, 1) if with_pss else None,
             "processes": len(tree),
@@ -174,8 +191,9 @@ def per_stage_memory(samples: list[dict], events: list[dict]) -> dict:
     stages: dict[str, dict] = {}
 
     def entry(stage: str) -> dict:
-        return stages.setdefault(stage, {"samples": 0, "driver_peak_rss_mb": None, "tree_peak_rss_mb": None,
-                                         "tree_peak_pss_mb": None, "min_mem_available_mb": None})
+        return stages.setdefault(stage, {"samples": 0, "driver_peak_rss_mb": None, "driver_peak_anon_mb": None,
+                                         "tree_peak_rss_mb": None, "tree_peak_pss_mb": None,
+                                         "min_mem_available_mb": None})
 
     def peak(record: dict, key: str, value, pick=max) -> None:
         if value is not None:
@@ -188,6 +206,7 @@ def per_stage_memory(samples: list[dict], events: list[dict]) -> dict:
         record = entry(s["stage"])
         record["samples"] += 1
         peak(record, "driver_peak_rss_mb", s["driver_rss_mb"])
+        peak(record, "driver_peak_anon_mb", s.get("driver_anon_mb"))
         peak(record, "tree_peak_rss_mb", s["tree_rss_mb"])
         peak(record, "tree_peak_pss_mb", s["tree_pss_mb"])
         peak(record, "min_mem_available_mb", s["mem_available_mb"], min)
@@ -239,6 +258,9 @@ def memory_record(sampler: TreeSampler) -> dict:
 
     return {
         "driver_peak_rss_mb": extreme("driver_rss_mb"),
+        # The driver's own heap, and the object-store pages it touched (shared; RSS counts both).
+        "driver_peak_anon_mb": extreme("driver_anon_mb"),
+        "driver_peak_shmem_mb": extreme("driver_shmem_mb"),
         "tree_peak_rss_mb": extreme("tree_rss_mb"),
         "tree_peak_pss_mb": extreme("tree_pss_mb"),
         "min_mem_available_mb": extreme("mem_available_mb", min),

@@ -27,6 +27,7 @@ from jobs.dedup import (
     decide,
     plan_candidates,
     read_neighbors,
+    with_source_encoded,
     without_reference_pairs,
     write_neighbors,
 )
@@ -109,7 +110,7 @@ def read_candidate_keys(src: Output) -> pa.Table:
         for path in list_parquet(src, *parts)
     ]
     narrow = pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS])
-    return pa.concat_tables([t.cast(narrow) for t in tables]) if tables else narrow.empty_table()
+    return pa.concat_tables([with_source_encoded(t.cast(narrow)) for t in tables]) if tables else narrow.empty_table()
 
 
 def rows_before_dedup(manifest: dict) -> int:

@@ -108,6 +108,9 @@ def priority_order(table: pa.Table, keep: str) -> np.ndarray:
     `first` and `none`: (source, source_row); `longest`: (-response_tokens, source, source_row). Reference rows
     (--against) come before every input row, by (reference, source, source_row).
     """
+    if pa.types.is_dictionary(table.schema.field(schema.SOURCE).type):
+        table = table.set_column(table.schema.get_field_index(schema.SOURCE), schema.SOURCE,
+                                 dictionary_ranks(table.column(schema.SOURCE)))
     keys = [(schema.SOURCE, "ascending"), (schema.SOURCE_ROW, "ascending")]
     if keep == "longest":
         table = table.append_column("_neg", pc.negate(table.column(schema.RESPONSE_TOKENS)))
@@ -117,6 +120,19 @@ def priority_order(table: pa.Table, keep: str) -> np.ndarray:
         table = table.append_column("_ref", pc.fill_null(table.column(REFERENCE), 2**31 - 1))
         keys = [("_ref", "ascending"), *keys]
     return pc.sort_indices(table, sort_keys=keys).to_numpy()
+
+
+def dictionary_ranks(column: pa.ChunkedArray) -> pa.Array:
+    """The sort rank of each value of a dictionary-encoded string column, as integers: Arrow sorts no
+    dictionary column, and a driver holding a million `source` paths holds them once as a dictionary."""
+    unified = pa.table({"c": column}).unify_dictionaries().column("c")
+    if not unified.num_chunks:
+        return pa.array([], pa.int64())
+    dictionary = unified.chunk(0).dictionary
+    rank = np.empty(len(dictionary), np.int64)
+    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in unified.chunks])
+    return pa.array(rank[codes])
 
 
 def exact_groups(keys_in_rank_order: pa.Array | pa.ChunkedArray) -> np.ndarray:

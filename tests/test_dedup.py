@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.config import DedupConfig
-from jobs.dedup import decide, plan_candidates
+from jobs.dedup import decide, plan_candidates, with_source_encoded
 from operators import schema
 from operators.exact_dedup import DEDUP_KEY, TEXT_SHA1, exact_groups
 from operators.index import IndexConfig, search_in_process
@@ -79,6 +79,21 @@ def test_decisions_identical_for_1_2_4_shards(corpus):
     assert stats["rows_researched"] > 0  # the 40-row group is larger than max_neighbors
     for shards in (2, 4):
         assert run(corpus, shards)[3].equals(one)
+
+
+@pytest.mark.parametrize("keep", ["first", "longest"])
+def test_a_dictionary_encoded_source_ranks_and_decides_as_plain_strings(corpus, keep):
+    # The driver holds `source` dictionary-encoded, each batch with its own dictionary (jobs/dedup.py,
+    # load_candidate_keys): ranks compare the paths' text, not the dictionary codes, so the plan is the same.
+    table, _ = corpus
+    plain = plan_candidates(table, keep)
+    batches = [with_source_encoded(table.slice(start, 700)) for start in range(0, table.num_rows, 700)]
+    assert len({b.column(schema.SOURCE).chunk(0).dictionary.to_pylist()[0] for b in batches}) > 1
+    encoded = plan_candidates(pa.concat_tables(batches), keep)
+    assert encoded.ids.equals(plain.ids)
+    assert np.array_equal(encoded.group_rep, plain.group_rep)
+    assert encoded.sources.cast(pa.string()).equals(plain.sources)
+    assert encoded.source_rows.equals(plain.source_rows)
 
 
 @pytest.mark.parametrize("keep", ["first", "longest"])
