@@ -352,11 +352,13 @@ def driver_memory(record: dict) -> list[str]:
     for run in record["runs"].values():
         memory, manifest = run["memory"], run.get("manifest") or {}
         dedup = manifest.get("dedup") or {}
-        rows.append([f"{run['rows']:,}", run["wall_s"], memory.get("driver_peak_rss_mb"), memory.get("tree_peak_rss_mb"),
+        rows.append([f"{run['rows']:,}", run["wall_s"], memory.get("driver_peak_rss_mb"),
+                     memory.get("driver_peak_anon_mb"), memory.get("driver_peak_shmem_mb"), memory.get("tree_peak_rss_mb"),
                      (dedup.get("index") or {}).get("kind"), dedup.get("pairs_recorded"),
                      dedup.get("near_duplicates_removed"), dedup.get("exact_duplicates_removed"),
                      ", ".join(f"{k} {v:.0f}" for k, v in manifest.get("timings_s", {}).items() if v >= 1)])
-    lines += _table(["rows", "wall s", "driver peak RSS MB", "tree peak RSS MB", "index", "pairs recorded",
+    lines += _table(["rows", "wall s", "driver peak RSS MB", "its own heap (RssAnon) MB", "object-store pages "
+                     "(RssShmem) MB", "tree peak RSS MB", "index", "pairs recorded",
                      "near removed", "exact removed", "stages >= 1 s (s)"], rows)
     for run in record["runs"].values():
         recall = ((run.get("manifest") or {}).get("dedup") or {}).get("ivf_recall")
@@ -368,11 +370,19 @@ def driver_memory(record: dict) -> list[str]:
     lines.append("")
     volume = record.get("driver_memory_vs_volume")
     if volume:
-        lines.append(f"Driver peak x{volume['driver_peak_ratio_largest_vs_smallest']} for "
-                     f"x{volume['rows'][-1] // volume['rows'][0]} rows. Per stage (MB):")
+        anon = volume.get("driver_peak_anon_ratio_largest_vs_smallest")
+        lines.append(f"Driver peak RSS x{volume['driver_peak_ratio_largest_vs_smallest']} for "
+                     f"x{volume['rows'][-1] // volume['rows'][0]} rows"
+                     + (f"; its own heap (RssAnon, without the object-store pages it mapped) x{anon}" if anon else "")
+                     + ". Per stage (MB):")
         lines.append("")
-        lines += _table(["stage", *(f"{n:,} rows" for n in volume["rows"])],
-                        [[stage, *peaks] for stage, peaks in volume["driver_peak_rss_mb_per_stage"].items()])
+        per_anon = volume.get("driver_peak_anon_mb_per_stage") or {}
+        header = [f"{n:,} rows RSS" for n in volume["rows"]]
+        if per_anon:
+            header += [f"{n:,} rows own heap" for n in volume["rows"]]
+        lines += _table(["stage", *header],
+                        [[stage, *peaks, *per_anon.get(stage, [])]
+                         for stage, peaks in volume["driver_peak_rss_mb_per_stage"].items()])
     return lines
 
 

@@ -38,7 +38,7 @@ from operators.exact_dedup import (
 from operators.index import IndexConfig, Neighbors, pair_similarity, search_with_ray
 from operators.resolve import best_per_row, resolve_greedy, resolve_none
 from jobs.vectors import EmbedToStore, HashLookup, VectorStore, settings_key, settings_of
-from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, read_checkpoint
+from operators.write import NEIGHBORS_DIR, WORK_DIR, Output, list_parquet, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -157,11 +157,16 @@ def read_candidates(output: Output, columns: list[str]):
 
 def load_candidate_keys(output: Output) -> pa.Table:
     """The narrow candidate columns (no text) on the driver: about 130 bytes a row, `source` dictionary-encoded
-    (a path repeated on every row of its file)."""
+    (a path repeated on every row of its file).
+
+    Read with pyarrow on the driver, not through a Ray dataset: only these columns of each file are decoded, no
+    streaming execution starts (1-3 s each, docs/notes.md), and no block passes through the object store, whose
+    pages the driver would map and hold in its RSS."""
     narrow = pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS])
     tables = [
-        with_source_encoded(table.select(narrow.names).cast(narrow))
-        for table in read_candidates(output, NARROW_COLUMNS).iter_batches(batch_format="pyarrow", batch_size=None)
+        with_source_encoded(pq.read_table(path, columns=NARROW_COLUMNS, filesystem=output.fs).cast(narrow))
+        for parts in candidate_dirs(output)
+        for path in list_parquet(output, *parts)
     ]
     return pa.concat_tables(tables) if tables else with_source_encoded(narrow.empty_table())
 

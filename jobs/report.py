@@ -95,7 +95,9 @@ def select_pairs(output: Output, k: int = PAIRS_SHOWN) -> tuple[pa.Table, pa.Tab
 
 def lookup_rows(output: Output, ids: list[str]) -> dict[str, dict]:
     """id -> {source, source_row, messages, where} for a few ids: data/ first, then removed/ (with
-    --keep none a row's duplicate_of may itself be removed). A filtered scan: only matches are held."""
+    --keep none a row's duplicate_of may itself be removed). A filtered scan: only matches are held, and one
+    batch at a time is read (pyarrow's default readahead decoded ~16 batches of 4 files' messages at once: the
+    driver's peak at 1M rows, benchmarks/driver_memory.py)."""
     found: dict[str, dict] = {}
     for subdir in (DATA_DIR, REMOVED_DIR):
         missing = sorted(set(ids) - set(found))
@@ -103,9 +105,11 @@ def lookup_rows(output: Output, ids: list[str]) -> dict[str, dict]:
         if not missing or not files:
             continue
         dataset = pads.dataset(files, filesystem=output.fs, format="parquet")
-        table = dataset.to_table(columns=ROW_COLUMNS, filter=pc.field(schema.ID).isin(missing))
-        for row in table.to_pylist():
-            found[row[schema.ID]] = {**row, "where": subdir}
+        scanner = dataset.scanner(columns=ROW_COLUMNS, filter=pc.field(schema.ID).isin(missing),
+                                  batch_readahead=0, fragment_readahead=0)
+        for batch in scanner.to_batches():
+            for row in batch.to_pylist():
+                found[row[schema.ID]] = {**row, "where": subdir}
     return found
 
 

@@ -21,19 +21,16 @@ import pyarrow.parquet as pq
 from jobs.config import PrepareConfig
 from jobs.dedup import (
     DECISION_SCHEMA,
-    NARROW_COLUMNS,
     CandidatePlan,
-    candidate_dirs,
     decide,
+    load_candidate_keys,
     plan_candidates,
     read_neighbors,
-    with_source_encoded,
     without_reference_pairs,
     write_neighbors,
 )
 from jobs.runtime import ROWS_CHECKPOINT, Timings, commit, ensure_ray, finish, open_output
 from operators import schema
-from operators.exact_dedup import CANDIDATE_SCHEMA
 from operators.resolve import resolve_greedy, resolve_none
 from operators.write import MANIFEST, REMOVED_DIR, SUCCESS, WORK_DIR, Output, list_parquet
 
@@ -65,7 +62,7 @@ def run(source: str, threshold: float | None, output_path: str, overwrite: bool 
     # Read without Ray, so that a target out of reach is refused before anything is written.
     # Rows the source removed as contaminated stay removed, and out of the keep rule, as they were.
     contaminated = carried_decisions(src, schema.CONTAMINATED)
-    keys = read_candidate_keys(src)
+    keys = load_candidate_keys(src)
     keys = keys.filter(pc.invert(pc.is_in(keys.column(schema.ID), value_set=contaminated.column(schema.ID))))
     plan = plan_candidates(keys, config.dedup.keep)
     neighbors = without_reference_pairs(plan, read_neighbors(src, plan))
@@ -100,17 +97,6 @@ def run(source: str, threshold: float | None, output_path: str, overwrite: bool 
             manifest["dedup"]["target_rows"] = choice
         manifest["decontaminate"] = old.get("decontaminate")
         return finish(output, manifest, started)
-
-
-def read_candidate_keys(src: Output) -> pa.Table:
-    """The narrow candidate columns of `src`, read with pyarrow on the driver (no Ray)."""
-    tables = [
-        pq.read_table(path, columns=NARROW_COLUMNS, filesystem=src.fs)
-        for parts in candidate_dirs(src)
-        for path in list_parquet(src, *parts)
-    ]
-    narrow = pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS])
-    return pa.concat_tables([with_source_encoded(t.cast(narrow)) for t in tables]) if tables else narrow.empty_table()
 
 
 def rows_before_dedup(manifest: dict) -> int:

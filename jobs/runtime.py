@@ -9,6 +9,7 @@ The commit protocol (docs/architecture.md, "Output layout"):
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -60,7 +61,32 @@ class Timings:
         logger.info("stage %s ...", name)
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
+        release_freed_memory()
         logger.info("stage %s done in %.1f s", name, self.seconds[name])
+
+
+def release_freed_memory() -> None:
+    """Hand memory the driver has freed back to the system, at each stage's end.
+
+    Arrow's allocator (mimalloc) and glibc's malloc keep freed pages for reuse: a stage's transient arrays (at 1M
+    rows, hundreds of MB while the plan is built) otherwise stay in the driver's RSS for the rest of the job,
+    under every later stage's own peak (benchmarks/driver_memory.py)."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and others: no malloc_trim
+        return None
+
+
+_LIBC = _glibc()
 
 
 # --- Ray -----------------------------------------------------------------------------------------------

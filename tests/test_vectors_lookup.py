@@ -33,3 +33,15 @@ def test_an_empty_lookup_finds_nothing_and_the_largest_hash_is_found():
     lookup = HashLookup(pa.array(hashes[::-1]))
     assert lookup.positions(pa.array([hashes[-1], hashes[0], "f" * 41])).tolist() == [0, 5, -1]
     assert np.issubdtype(lookup.positions(pa.array(hashes)).dtype, np.integer)
+
+
+def test_slices_chunks_and_mixed_widths_find_what_index_in_finds():
+    """Equal-width hashes are read straight from Arrow's buffer: a slice (non-zero offset), several chunks and
+    mixed widths (the per-value path) must give the positions pc.index_in gives."""
+    wanted = pa.array(sha1s(str(i) for i in range(400)))
+    lookup = HashLookup(pa.chunked_array([wanted.slice(0, 150), wanted.slice(150)]))
+    asked = pa.array(sha1s(str(i) for i in range(300, 700))).slice(37, 250)
+    expected = pc.fill_null(pc.index_in(asked, value_set=wanted), -1).to_numpy()
+    assert (lookup.positions(asked) == expected).all() and (expected >= 0).sum() == 63
+    mixed = pa.array(["ab", "abc", "é", "b"])
+    assert HashLookup(mixed).positions(pa.array(["é", "abc", "a", "ab"])).tolist() == [2, 1, -1, 0]
