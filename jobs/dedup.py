@@ -21,6 +21,7 @@ from ray.data import ActorPoolStrategy
 
 from jobs import progress
 from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
+from jobs.runtime import release_freed_memory
 from operators import schema
 from operators.embed import CUT, VECTOR, WINDOWS
 from operators.exact_dedup import (
@@ -102,16 +103,17 @@ class CandidatePlan:
 def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
     """Rank every candidate (references first, docs/architecture.md "Priority") and group exact copies.
 
-    Columns are put in rank order one at a time, the exact key only long enough to group: the driver never
+    Columns are put in rank order one at a time, and the exact key never (only its codes): the driver never
     holds a second copy of the whole keys table."""
     if REFERENCE not in table.column_names:
         table = table.append_column(REFERENCE, pa.nulls(table.num_rows, pa.int32()))
-    order = pa.array(priority_order(table, keep))
+    positions = priority_order(table, keep)
+    order = pa.array(positions)
 
     def ranked(name: str) -> pa.Array:
         return table.column(name).take(order).combine_chunks()
 
-    group_rep = exact_groups(ranked(DEDUP_KEY))
+    group_rep = exact_groups(table.column(DEDUP_KEY), positions)
     is_rep = group_rep == np.arange(len(group_rep))
     rep_position = np.cumsum(is_rep) - 1
     ids = ranked(schema.ID)
@@ -162,18 +164,24 @@ def load_candidate_keys(output: Output) -> pa.Table:
     Read with pyarrow on the driver, not through a Ray dataset: only these columns of each file are decoded, no
     streaming execution starts (1-3 s each, docs/notes.md), and no block passes through the object store, whose
     pages the driver would map and hold in its RSS."""
-    narrow = pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS])
+    narrow = with_source_encoded(pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS]).empty_table())
     tables = [
-        with_source_encoded(pq.read_table(path, columns=NARROW_COLUMNS, filesystem=output.fs).cast(narrow))
+        # `source` comes out of Parquet's own dictionary pages as a dictionary: no string per row, even briefly.
+        with_source_encoded(pq.read_table(path, columns=NARROW_COLUMNS, filesystem=output.fs,
+                                          read_dictionary=[schema.SOURCE])).cast(narrow.schema)
         for parts in candidate_dirs(output)
         for path in list_parquet(output, *parts)
     ]
-    return pa.concat_tables(tables) if tables else with_source_encoded(narrow.empty_table())
+    return pa.concat_tables(tables) if tables else narrow
 
 
 def with_source_encoded(table: pa.Table) -> pa.Table:
+    """`source` as a dictionary with int32 indices (as it is when read from Parquet's dictionary pages)."""
     index = table.schema.get_field_index(schema.SOURCE)
-    return table.set_column(index, schema.SOURCE, pc.dictionary_encode(table.column(index)))
+    column = table.column(index)
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    return table.set_column(index, schema.SOURCE, column)
 
 
 def _only_ids(batch: pa.Table, wanted: pa.Array) -> pa.Table:
@@ -577,6 +585,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
             keys = keys.filter(pc.invert(pc.is_in(keys.column(schema.ID), value_set=excluded)))
         left_out = keys.filter(pc.is_null(keys.column(REFERENCE))).column(BOILERPLATE).to_numpy(zero_copy_only=False)
         boilerplate_summary.update(rows=int(np.sum(left_out > 0)), paragraphs_left_out=int(np.sum(left_out)))
+        release_freed_memory()  # the read's per-file buffers, before the plan's own arrays (about 40 MB at 1M rows)
         plan = plan_candidates(keys, config.dedup.keep)
         del keys  # the plan holds what the rest needs (a copy, in priority order)
     m = len(plan.rep_ids)

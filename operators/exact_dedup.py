@@ -135,14 +135,21 @@ def dictionary_ranks(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(rank[codes])
 
 
-def exact_groups(keys_in_rank_order: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """For rows already in priority order, the rank of each row's group representative (its first row).
+def exact_groups(keys: pa.Array | pa.ChunkedArray, order: np.ndarray | None = None) -> np.ndarray:
+    """For rows in priority order, the rank of each row's group representative (its first row).
 
-    Arrow hashes the keys (dictionary codes); numpy only sees integers. (np.unique over the keys as Python
-    strings cost about 100 bytes a row on the driver and sorted a million objects.)"""
-    encoded = pc.dictionary_encode(keys_in_rank_order, null_encoding="encode")
+    `keys` are in that order, or in any order with `order` the priority order (`keys.take(order)` is ranked):
+    the keys are hashed where they are and only their integer codes are put in rank order, so a driver planning
+    a million rows never copies the key strings. Arrow hashes the keys (dictionary codes); numpy only sees
+    integers. (np.unique over the keys as Python strings cost about 100 bytes a row and sorted a million
+    objects.)"""
+    encoded = pc.dictionary_encode(keys, null_encoding="encode")
     # One hash table across chunks: every chunk's codes index the same dictionary.
     chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
     codes = np.concatenate([np.empty(0, np.int64), *(c.indices.to_numpy(zero_copy_only=False) for c in chunks)])
-    _, first = np.unique(codes, return_index=True)  # first[code]: the row where the key first appears
+    if order is not None:
+        codes = codes[np.asarray(order)]
+    distinct = len(chunks[0].dictionary) if chunks else 0
+    first = np.full(distinct, len(codes), np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))  # first[code]: the rank where the key first appears
     return first[codes]

@@ -175,3 +175,18 @@ def test_exact_groups_names_each_rows_first_copy_across_chunks():
     assert np.array_equal(exact_groups(chunked), expected)
     assert np.array_equal(exact_groups(pa.array(keys)), expected)
     assert len(exact_groups(pa.chunked_array([], pa.string()))) == 0
+
+
+def test_exact_groups_of_unranked_keys_equal_those_of_the_ranked_copy():
+    """Planning hashes the keys where they lie and ranks only their codes: the groups must be those of
+    `keys.take(order)`, chunked or not, nulls (one group) included."""
+    rng = np.random.default_rng(1)
+    keys = [None if v == 0 else f"k{v}" for v in rng.integers(0, 200, size=1500)]
+    order = rng.permutation(len(keys))
+    ranked = [keys[i] for i in order]
+    first_seen: dict = {}
+    expected = np.array([first_seen.setdefault(key, rank) for rank, key in enumerate(ranked)])
+    chunked = pa.chunked_array([keys[:400], keys[400:]], pa.string())
+    assert np.array_equal(exact_groups(chunked, order), expected)
+    assert np.array_equal(exact_groups(pa.array(keys), order), expected)
+    assert not np.array_equal(exact_groups(pa.array(keys)), expected)  # the order really matters here
