@@ -218,15 +218,15 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     store = VectorStore(output, key)
     store.remove_scratch()
     stores = [store, *reference_stores(references, key)]
-    rep_sha1 = plan.rep_sha1
-    own = pc.is_in(rep_sha1, value_set=store.stored_hashes())
-    stored = own
+    lookup = HashLookup(plan.rep_sha1)
+    own = store.stored_in(lookup)
+    stored = own.copy()
     for other in stores[1:]:
-        stored = pc.or_(stored, pc.is_in(rep_sha1, value_set=other.stored_hashes()))
-    from_references = int(pc.sum(pc.and_(stored, pc.invert(own))).as_py() or 0)
-    to_embed = plan.rep_ids.filter(pc.invert(stored))
+        stored |= other.stored_in(lookup)
+    from_references = int(np.sum(stored & ~own))
+    to_embed = plan.rep_ids.filter(pa.array(~stored))
     logger.info("vectors: %d of %d texts already stored (%d in references), %d to embed",
-                len(rep_sha1) - len(to_embed), len(rep_sha1), from_references, len(to_embed))
+                len(lookup) - len(to_embed), len(lookup), from_references, len(to_embed))
     if not len(to_embed):
         return Vectors(stores, runtime, 0, from_references)
     store.write_settings(settings_of(config.embed, runtime))
@@ -234,7 +234,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     ds = read_candidates(output, [schema.ID, TEXT_SHA1, DEDUP_TEXT])
     ds = ds.map_batches(_only_ids, fn_args=(to_embed,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
     embedded = embed_into(store, ds, config, embed_config, embed_plan, len(to_embed))
-    still_missing = pc.sum(pc.invert(pc.or_(stored, pc.is_in(rep_sha1, value_set=store.stored_hashes())))).as_py() or 0
+    still_missing = int(np.sum(~(stored | store.stored_in(lookup))))
     if embedded < len(to_embed) or still_missing:
         raise RuntimeError(
             f"embedding finished with {still_missing} texts missing from {store.output.child_uri(*store.parts)} "

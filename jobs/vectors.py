@@ -66,19 +66,29 @@ class VectorStore:
         self.output.write_text("/".join((*self.parts, SETTINGS)), json.dumps(settings, indent=2) + "\n")
 
     def stored_hashes(self) -> pa.Array:
-        """text_sha1 of every vector stored (about 40 bytes a row on the driver). A file that cannot be
-        read (a block cut short by a crash on a filesystem without atomic rename) is deleted: its texts are
-        embedded again."""
-        hashes = []
-        for path in self.files():
-            try:
-                hashes.append(pq.read_table(path, columns=[TEXT_SHA1], filesystem=self.output.fs).column(0))
-            except (pa.ArrowException, OSError) as exc:
-                logger.warning("vectors file %s is unreadable (%s): deleting it; its texts are embedded again", path, exc)
-                self.output.fs.delete_file(path)
+        """text_sha1 of every vector stored (about 40 bytes a row on the driver)."""
+        hashes = list(self._hashes_per_file())
         if not hashes:
             return pa.array([], pa.string())
         return pa.chunked_array(hashes, pa.string()).combine_chunks()
+
+    def stored_in(self, lookup: HashLookup) -> np.ndarray:
+        """[len(lookup)] whether each wanted hash has a vector here, read a file at a time: the driver never holds
+        every stored hash and a hash set of them at once (~120 MB at 1M rows)."""
+        found = np.zeros(len(lookup), dtype=bool)
+        for hashes in self._hashes_per_file():
+            lookup.mark(hashes, found)
+        return found
+
+    def _hashes_per_file(self):
+        """Each file's text_sha1 column. A file that cannot be read (a block cut short by a crash on a
+        filesystem without atomic rename) is deleted: its texts are embedded again."""
+        for path in self.files():
+            try:
+                yield pq.read_table(path, columns=[TEXT_SHA1], filesystem=self.output.fs).column(0)
+            except (pa.ArrowException, OSError) as exc:
+                logger.warning("vectors file %s is unreadable (%s): deleting it; its texts are embedded again", path, exc)
+                self.output.fs.delete_file(path)
 
     def batches(self, wanted: pa.Array | HashLookup, columns: list[str], batch_rows: int,
                 seen: np.ndarray | None = None):
@@ -130,6 +140,19 @@ class HashLookup:
         keys = _as_bytes(values)
         at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
         return np.where(self._sorted[at] == keys, self._order[at], -1).astype(np.int64)
+
+
+    def mark(self, values: pa.Array | pa.ChunkedArray, found: np.ndarray) -> None:
+        """Set found[i] for every position i of `wanted` (each repeat too) whose hash is among `values`."""
+        if not len(self._sorted) or not len(values):
+            return
+        keys = _as_bytes(values)
+        lo = np.searchsorted(self._sorted, keys, side="left")
+        counts = np.searchsorted(self._sorted, keys, side="right") - lo
+        lo, counts = lo[counts > 0], counts[counts > 0]
+        # Every sorted position in [lo, lo + count): a run of equal hashes is one wanted text repeated.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        found[self._order[np.repeat(lo, counts) + within]] = True
 
 
 def _as_bytes(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:

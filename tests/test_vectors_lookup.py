@@ -45,3 +45,20 @@ def test_slices_chunks_and_mixed_widths_find_what_index_in_finds():
     assert (lookup.positions(asked) == expected).all() and (expected >= 0).sum() == 63
     mixed = pa.array(["ab", "abc", "é", "b"])
     assert HashLookup(mixed).positions(pa.array(["é", "abc", "a", "ab"])).tolist() == [2, 1, -1, 0]
+
+
+def test_mark_sets_every_position_of_a_found_hash_repeats_included():
+    """The stored-vector check: a wanted hash that repeats (two representatives whose dedup texts match once
+    boilerplate is left out) is marked at each of its positions, as pc.is_in marks it."""
+    rng = random.Random(5)
+    wanted = sha1s(str(rng.randrange(300)) for _ in range(1000))  # many repeats
+    lookup = HashLookup(pa.array(wanted))
+    found = np.zeros(len(lookup), dtype=bool)
+    stored_files = [sha1s(str(rng.randrange(600)) for _ in range(50)) for _ in range(6)]
+    for hashes in stored_files:
+        lookup.mark(pa.array(hashes), found)
+    lookup.mark(pa.array([], pa.string()), found)
+    stored = pa.array([h for hashes in stored_files for h in hashes])
+    expected = pc.is_in(pa.array(wanted), value_set=stored).to_numpy(zero_copy_only=False)
+    assert (found == expected).all()
+    assert 0 < found.sum() < len(found) and len(set(np.array(wanted)[found])) < found.sum()  # repeats marked
