@@ -196,6 +196,7 @@ class Vectors:
     runtime: str
     embedded: int  # texts this run embedded; the rest were already stored
     from_references: int  # representatives' texts read from a reference's store
+    lookup: HashLookup  # the representatives' text hashes, built once for the stored check and every index read
 
 
 def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -> Vectors:
@@ -228,7 +229,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     logger.info("vectors: %d of %d texts already stored (%d in references), %d to embed",
                 len(lookup) - len(to_embed), len(lookup), from_references, len(to_embed))
     if not len(to_embed):
-        return Vectors(stores, runtime, 0, from_references)
+        return Vectors(stores, runtime, 0, from_references, lookup)
     store.write_settings(settings_of(config.embed, runtime))
     logger.info("embed: %s, %s", embed_plan, runtime)
     ds = read_candidates(output, [schema.ID, TEXT_SHA1, DEDUP_TEXT])
@@ -240,7 +241,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
             f"embedding finished with {still_missing} texts missing from {store.output.child_uri(*store.parts)} "
             f"({embedded} embedded of {len(to_embed)})"
         )
-    return Vectors(stores, runtime, embedded, from_references)
+    return Vectors(stores, runtime, embedded, from_references, lookup)
 
 
 def embed_into(store: VectorStore, texts, config, embed_config, embed_plan, total: int, stage: str = "embed") -> int:
@@ -267,12 +268,12 @@ def embed_into(store: VectorStore, texts, config, embed_config, embed_plan, tota
 class VectorBatches:
     """(ranks, vectors) batches of the representatives' vectors, re-readable (the index reads them twice)."""
 
-    def __init__(self, stores: list[VectorStore], rep_sha1: pa.Array):
-        self.stores, self.rep_sha1 = stores, rep_sha1
-        self._lookup = HashLookup(rep_sha1)  # once: the index and the recall read the stores four times
+    def __init__(self, stores: list[VectorStore], lookup: HashLookup):
+        self.stores = stores
+        self._lookup = lookup  # built once (ensure_vectors): the index and the recall read the stores four times
 
     def _tables(self, columns: list[str]):
-        seen = np.zeros(len(self.rep_sha1), dtype=bool)
+        seen = np.zeros(len(self._lookup), dtype=bool)
         for store in self.stores:
             yield from store.batches(self._lookup, columns, SEARCH_BATCH, seen)
 
@@ -602,7 +603,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
             {"path": r.label, "kind": r.kind, "rows": int(np.sum(plan.reference == i))} for i, r in enumerate(references)
         ]
     if m:
-        batches = VectorBatches(vectors.stores, plan.rep_sha1)
+        batches = VectorBatches(vectors.stores, vectors.lookup)
         dim = next(iter(batches()))[1].shape[1]
         with timings.stage("index_search"):
             neighbors, index_used = search(config, batches, m, dim)

@@ -141,7 +141,6 @@ class HashLookup:
         at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
         return np.where(self._sorted[at] == keys, self._order[at], -1).astype(np.int64)
 
-
     def mark(self, values: pa.Array | pa.ChunkedArray, found: np.ndarray) -> None:
         """Set found[i] for every position i of `wanted` (each repeat too) whose hash is among `values`."""
         if not len(self._sorted) or not len(values):
