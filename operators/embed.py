@@ -52,6 +52,7 @@ from operators.actor_cpus import ray_actor_cpus
 from operators.embed_backends import (
     BACKENDS,
     ExportedEncoder,
+    ExportSettings,
     check_backend,
     exported_model,
     require_runtime,
@@ -414,25 +415,30 @@ class Embed:
     """
 
     def __init__(self, config: EmbedConfig):
-        import torch
-
         self.config = config
-        self.device = _resolve_device(config.device, torch)
-        if self.device == "cpu":
-            # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (docs/notes.md).
+        exported = config.cpu_backend != "torch"
+        if config.device == "cpu" and exported:
+            # An exported runtime on a CPU actor (the default there): torch is never imported in this
+            # process (operators/embed_backends.py), which saves the actor ~450 MB.
+            self.device = "cpu"
             self.threads = config.threads or ray_actor_cpus() or _cpu_count()
-            torch.set_num_threads(self.threads)
+            self.model = self._exported_encoder()
         else:
-            self.threads = None
-        self.model = load_model(config, self.device)
-        if self.device == "cuda":
-            self.model.half()  # fp16: ~2x throughput on tensor cores; vectors re-normalized in float32
-        elif config.cpu_backend != "torch":
-            require_runtime(config.cpu_backend)
-            path = exported_model(
-                self.model, resolve_model_path(config.model), config.cpu_backend, config.quantize, config.export_dir
-            )
-            self.model = ExportedEncoder(self.model, path, config.cpu_backend, self.threads)
+            import torch
+
+            self.device = _resolve_device(config.device, torch)
+            if self.device == "cpu":
+                # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (docs/notes.md).
+                self.threads = config.threads or ray_actor_cpus() or _cpu_count()
+                torch.set_num_threads(self.threads)
+            else:
+                self.threads = None
+            if self.device == "cpu" and exported:
+                self.model = self._exported_encoder()
+            else:
+                self.model = load_model(config, self.device)
+            if self.device == "cuda":
+                self.model.half()  # fp16: ~2x throughput on tensor cores; vectors re-normalized in float32
         self.batch_size = config.batch_size or config.default_batch_size(self.device)
         self.tokenizer = self.model.tokenizer
         if not getattr(self.tokenizer, "is_fast", False):
@@ -453,6 +459,18 @@ class Embed:
             self.window,
             config.max_tokens,
         )
+
+    def _exported_encoder(self) -> ExportedEncoder:
+        config = self.config
+        require_runtime(config.cpu_backend)
+        directory = exported_model(config.model, resolve_model_path(config.model), config.quantize, config.export_dir)
+        encoder = ExportedEncoder.lean(directory, config.cpu_backend, self.threads)
+        if encoder is None:  # the model's preprocessing does more than its tokenizer: keep the model for it
+            logger.info("embedder %r: %s; its torch model stays loaded for preprocessing", config.model,
+                        ExportSettings.read(directory).why_not_lean)
+            model = load_model(config, "cpu")
+            encoder = ExportedEncoder.with_model(model, directory, config.cpu_backend, self.threads)
+        return encoder
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for name in (schema.ID, DEDUP_TEXT):

@@ -6,15 +6,22 @@ transformers again). So the export is done here, with the libraries underneath: 
 whole sentence-transformers pipeline (transformer, pooling, normalize: one graph whose output is the
 sentence embedding), ONNX Runtime's `quantize_dynamic` for int8, and OpenVINO compiling the same ONNX file.
 
-The exported encoder tokenizes exactly as `SentenceTransformer.encode` does (the model's own `tokenize`,
-which pads to the longest text of the batch and truncates at `max_seq_length`), sorts texts by length
-before batching as `encode` does, and normalizes in float32. fp32 exports reproduce the torch vectors to
-float rounding (measured: 1 - cos <= 1.2e-7, pairwise cosines within 5.4e-7, the size of batch-composition
-effects). int8 is lossy (measured on Alpaca answers: 1 - cos up to 0.024, pairwise cosines moved by up to
-0.063 with per-channel weights), so it is never a default: benchmarks/RESULTS.md has the decisions it changes.
+The exported encoder tokenizes exactly as `SentenceTransformer.encode` does (pads to the longest text of the
+batch, truncates at `max_seq_length`), sorts texts by length before batching as `encode` does, and normalizes
+in float32. fp32 exports reproduce the torch vectors to float rounding (measured: 1 - cos <= 1.2e-7, pairwise
+cosines within 5.4e-7, the size of batch-composition effects). int8 is lossy (measured on Alpaca answers:
+1 - cos up to 0.024, pairwise cosines moved by up to 0.063 with per-channel weights), so it is never a default:
+benchmarks/RESULTS.md has the decisions it changes.
 
-Exports are cached in a directory named by a content key (the model's files, the runtime versions, the
-options): a rerun, or another actor on the same node, loads the file instead of exporting again (~3 s).
+The export runs in a child process (operators/embed_export.py) and writes, beside the graph, the model's Rust
+tokenizer with the truncation and padding `encode` uses, once it has checked that this tokenizer alone gives
+the model's preprocessing. The encoder then loads the graph, the tokenizer and a small settings file: no torch,
+no transformers, no sentence-transformers in the embedding actor (about 450 MB less RSS; docs/notes.md, "The
+embedding actor's memory"). A model whose preprocessing does more (a prompt, a chat template) keeps the torch
+model loaded for it, as before.
+
+Exports are cached in a directory named by a content key (the model's files, the export's package versions,
+the options): a rerun, or another actor on the same node, loads the files instead of exporting again.
 Concurrent exporters write to a private temporary directory and rename it into place; the loser of the
 race discards its copy.
 """
@@ -22,24 +29,30 @@ race discards its copy.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from operators.embed_export import ONNX_OPSET
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "openvino")
 QUANTIZATIONS = (None, "int8")
 ONNX_FILE = "model.onnx"
-ONNX_OPSET = 17
-# Bump when the export recipe changes, so old caches are not reused.
-EXPORT_FORMAT = 1
+SETTINGS_FILE = "encoder.json"
+TOKENIZER_FILE = "tokenizer.json"
+# Bump when the export recipe changes, so old caches are not reused (2: encoder.json and the Rust tokenizer).
+EXPORT_FORMAT = 2
 DEFAULT_CACHE = Path("~/.cache/chatsieve/embedders")
 
 
@@ -69,11 +82,9 @@ def require_runtime(backend: str) -> None:
         ) from error
 
 
-def export_key(model_dir: str, backend: str, quantize: str | None) -> str:
-    """Content key of an export: the model's files, the recipe, and the versions that shape the graph."""
-    import onnx
-    import torch
-
+def export_key(model_dir: str, quantize: str | None) -> str:
+    """Content key of an export: the model's files, the recipe, and the versions that shape the graph and
+    the tokenizer (read from package metadata: computing the key imports none of them)."""
     digest = hashlib.sha256()
     root = Path(model_dir)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -81,145 +92,174 @@ def export_key(model_dir: str, backend: str, quantize: str | None) -> str:
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    recipe = {
-        "format": EXPORT_FORMAT,
-        "opset": ONNX_OPSET,
-        "quantize": quantize,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-    }
+    packages = ["torch", "onnx", "transformers", "sentence-transformers", "tokenizers"]
     if quantize:
-        import onnxruntime
-
-        recipe["onnxruntime"] = onnxruntime.__version__
+        packages.append("onnxruntime")
+    recipe = {"format": EXPORT_FORMAT, "opset": ONNX_OPSET, "quantize": quantize}
+    recipe.update({name: _version(name) for name in packages})
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     # The backend is not in the key: OpenVINO compiles the same ONNX file ONNX Runtime runs.
     return digest.hexdigest()[:20]
 
 
-def exported_model(model, model_dir: str, backend: str, quantize: str | None, cache_dir: str | None) -> Path:
-    """Path of the ONNX file for `model` (a loaded SentenceTransformer), exporting it if not cached."""
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def exported_model(model: str, model_dir: str, quantize: str | None, cache_dir: str | None) -> Path:
+    """The export directory (ONNX_FILE, SETTINGS_FILE, maybe TOKENIZER_FILE) of embedder `model` (what
+    EmbedConfig.model names; `model_dir` is its resolved path or hub name), exporting it if not cached.
+
+    The export runs in a child process (operators/embed_export.py), so this process never imports torch.
+    """
     cache = Path(cache_dir or DEFAULT_CACHE).expanduser()
-    target = cache / export_key(model_dir, backend, quantize)
-    if (target / ONNX_FILE).is_file():
-        return target / ONNX_FILE
+    target = cache / export_key(model_dir, quantize)
+    if (target / SETTINGS_FILE).is_file():
+        return target
     cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=cache))
     try:
-        fp32 = scratch / ("fp32.onnx" if quantize else ONNX_FILE)
-        _export_onnx(model, fp32)
-        if quantize:
-            _quantize_int8(fp32, scratch / ONNX_FILE)
-            fp32.unlink()
+        # A local model by its path (the child may run elsewhere in the tree); a hub name as it is.
+        _run_export(model_dir if Path(model_dir).is_dir() else model, scratch, quantize)
         try:
             os.rename(scratch, target)
         except OSError:
-            if not (target / ONNX_FILE).is_file():  # not a lost race: a real failure
+            if not (target / SETTINGS_FILE).is_file():  # not a lost race: a real failure
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("exported the embedder to %s", target)
-    return target / ONNX_FILE
+    return target
 
 
-def _input_names(model) -> list[str]:
-    return [name for name in model.preprocess(["a"]) if name in ("input_ids", "attention_mask", "token_type_ids")]
-
-
-def _export_onnx(model, path: Path) -> None:
-    import torch
-
-    names = _input_names(model)
-
-    class SentenceEmbedding(torch.nn.Module):
-        """The whole sentence-transformers pipeline as one module of plain tensors (what ONNX traces)."""
-
-        def __init__(self, pipeline):
-            super().__init__()
-            self.pipeline = pipeline
-
-        def forward(self, *tensors):
-            return self.pipeline(dict(zip(names, tensors)))["sentence_embedding"]
-
-    # Two texts of different lengths: the example batch has padding, so the traced graph handles masks.
-    example = model.preprocess(["a short text", "a somewhat longer text than the first one, with padding after"])
-    axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["sentence_embedding"] = {0: "batch"}
-    module = SentenceEmbedding(model.to("cpu")).eval()
-    # The TorchScript exporter: the torch.export one needs onnxscript and trips on transformers' masks. Its
-    # tracer warns about Python branches on tensor shapes; the ones in transformers' mask code and in pooling
-    # take the same branch for every padded batch (checked: fp32 exports match torch on mixed batches).
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            tuple(example[name] for name in names),
-            str(path),
-            input_names=names,
-            output_names=["sentence_embedding"],
-            dynamic_axes=axes,
-            opset_version=ONNX_OPSET,
-            dynamo=False,
+def _run_export(model: str, directory: Path, quantize: str | None) -> None:
+    command = [sys.executable, "-m", "operators.embed_export", model, str(directory)]
+    if quantize:
+        command += ["--quantize", quantize]
+    # The child imports this package from where this process does (a Ray working_dir, a checkout...).
+    root = str(Path(__file__).resolve().parent.parent)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(command, env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"exporting the embedder {model!r} failed (exit {result.returncode}); its last output:\n"
+            + result.stderr[-4000:]
         )
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@dataclass(frozen=True)
+class ExportSettings:
+    """encoder.json: what an exported graph needs besides itself (operators/embed_export.py)."""
 
-    # Per-channel int8 weights on the MatMuls only: per-tensor weights moved cosines 5x more (measured,
-    # 1 - cos up to 0.11 vs 0.024); quantizing embeddings (Gather) saves nothing in time.
-    quantize_dynamic(
-        str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-    )
+    inputs: list[str]
+    max_seq_length: int
+    dimension: int
+    lean: bool  # TOKENIZER_FILE alone reproduces the model's preprocessing
+    why_not_lean: str | None
+
+    @classmethod
+    def read(cls, directory: Path) -> ExportSettings:
+        return cls(**json.loads((directory / SETTINGS_FILE).read_text()))
+
+
+class RustTokenizer:
+    """The subset of a transformers fast tokenizer that windowing uses (operators/embed.py `_tokenize`,
+    `window_tokens`), over the `tokenizers` library alone: no truncation, no padding."""
+
+    is_fast = True
+
+    def __init__(self, path: Path, model_max_length: int):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(path))
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.model_max_length = model_max_length
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return self.backend.num_special_tokens_to_add(pair)
+
+    def __call__(self, texts, add_special_tokens: bool = True, truncation: bool = False, **_returns):
+        if truncation:
+            raise ValueError("RustTokenizer does not truncate (windowing tokenizes whole texts)")
+        if isinstance(texts, str):
+            return {"input_ids": self.backend.encode(texts, add_special_tokens=add_special_tokens).ids}
+        return RustEncodings(self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens))
+
+
+class RustEncodings:
+    """A batch's encodings read like transformers' BatchEncoding: ["input_ids"], ["offset_mapping"], word_ids(i)."""
+
+    def __init__(self, encodings):
+        self.encodings = encodings
+
+    def __getitem__(self, name: str):
+        attribute = {"input_ids": "ids", "offset_mapping": "offsets"}[name]
+        return [getattr(encoding, attribute) for encoding in self.encodings]
+
+    def word_ids(self, index: int) -> list[int | None]:
+        return self.encodings[index].word_ids
 
 
 class ExportedEncoder:
     """`SentenceTransformer.encode`'s contract over an exported graph (the parts `operators.embed` uses).
 
-    Holds the torch model only for its tokenizer and settings (`max_seq_length`, prompts, dimension).
+    Lean (`lean(...)`): the graph and the exported Rust tokenizer, nothing else loaded. Otherwise
+    (`with_model(...)`): the torch model is held for its tokenizer and preprocessing (a prompt, a chat template).
     """
 
-    def __init__(self, model, onnx_path: Path, backend: str, threads: int):
-        self.model = model
-        self.tokenizer = model.tokenizer
-        self.names = _input_names(model)
+    def __init__(self, directory: Path, backend: str, threads: int, settings: ExportSettings, features, tokenizer,
+                 prompts: dict, default_prompt_name: str | None):
+        self.settings = settings
         self.backend = backend
-        if backend == "onnx":
-            import onnxruntime
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.default_prompt_name = default_prompt_name
+        self._features = features  # (texts, prompt) -> {input name: int64 array}
+        self._run = _runtime(directory / ONNX_FILE, backend, threads)
 
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            self._run = lambda feeds: session.run(None, feeds)[0]
-        elif backend == "openvino":
-            import openvino
+    @classmethod
+    def lean(cls, directory: Path, backend: str, threads: int) -> ExportedEncoder | None:
+        """The encoder without torch, or None when the export says its tokenizer is not enough."""
+        settings = ExportSettings.read(directory)
+        if not settings.lean:
+            return None
+        from tokenizers import Tokenizer
 
-            # f32 explicitly: on CPUs with bf16 units OpenVINO may otherwise pick bf16, which moves
-            # similarities by ~1e-3 (docs/notes.md), enough to flip decisions at 0.95.
-            # No pinning of threads to cores: several actors (and other work) share a node's cores, and a
-            # pinned thread waits for its core even when another is idle (measured ~10% slower unpinned
-            # on a quiet machine, much faster pinned-free under contention).
-            settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
-            compiled = openvino.Core().compile_model(str(onnx_path), "CPU", settings)
-            self._run = lambda feeds: compiled(feeds)[0]
-        else:
-            raise ValueError(f"no exported runtime for backend {backend!r}")
+        encoder = Tokenizer.from_file(str(directory / TOKENIZER_FILE))  # truncation and padding as encode sets them
+        attributes = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+        def features(texts, _prompt):
+            encodings = encoder.encode_batch(texts)
+            return {
+                name: np.array([getattr(e, attributes[name]) for e in encodings], dtype=np.int64)
+                for name in settings.inputs
+            }
+
+        tokenizer = RustTokenizer(directory / TOKENIZER_FILE, settings.max_seq_length)
+        return cls(directory, backend, threads, settings, features, tokenizer, {}, None)
+
+    @classmethod
+    def with_model(cls, model, directory: Path, backend: str, threads: int) -> ExportedEncoder:
+        """The encoder over a loaded SentenceTransformer's own preprocessing."""
+        settings = ExportSettings.read(directory)
+
+        def features(texts, prompt):
+            tensors = model.preprocess(texts, prompt=prompt)
+            return {name: tensors[name].numpy().astype(np.int64) for name in settings.inputs}
+
+        return cls(directory, backend, threads, settings, features, model.tokenizer, model.prompts,
+                   model.default_prompt_name)
 
     @property
     def max_seq_length(self):
-        return self.model.max_seq_length
-
-    @property
-    def prompts(self):
-        return self.model.prompts
-
-    @property
-    def default_prompt_name(self):
-        return self.model.default_prompt_name
+        return self.settings.max_seq_length
 
     def get_embedding_dimension(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        return self.settings.dimension
 
     def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = True, **_ignored) -> np.ndarray:
         texts = list(texts)
@@ -232,10 +272,32 @@ class ExportedEncoder:
         out = np.empty((len(texts), dimension), np.float32)
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            features = self.model.preprocess([texts[i] for i in rows], prompt=prompt)
-            feeds = {name: features[name].numpy().astype(np.int64) for name in self.names}
-            out[rows] = self._run(feeds)
+            out[rows] = self._run(self._features([texts[i] for i in rows], prompt))
         if normalize_embeddings:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, np.finfo(np.float32).tiny)
         return out
+
+
+def _runtime(onnx_path: Path, backend: str, threads: int):
+    """feeds -> the graph's sentence embeddings, on `backend`."""
+    if backend == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return lambda feeds: session.run(None, feeds)[0]
+    if backend == "openvino":
+        import openvino
+
+        # f32 explicitly: on CPUs with bf16 units OpenVINO may otherwise pick bf16, which moves
+        # similarities by ~1e-3 (docs/notes.md), enough to flip decisions at 0.95.
+        # No pinning of threads to cores: several actors (and other work) share a node's cores, and a
+        # pinned thread waits for its core even when another is idle (measured ~10% slower unpinned
+        # on a quiet machine, much faster pinned-free under contention).
+        settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+        compiled = openvino.Core().compile_model(str(onnx_path), "CPU", settings)
+        return lambda feeds: compiled(feeds)[0]
+    raise ValueError(f"no exported runtime for backend {backend!r}")

@@ -205,8 +205,10 @@ def test_threads_are_set_explicitly(embed):
 
     before = torch.get_num_threads()
     try:
-        Embed(EmbedConfig(device="cpu", threads=1))
+        Embed(EmbedConfig(device="cpu", threads=1, backend="torch"))
         assert torch.get_num_threads() == 1
+        # The exported runtimes take their threads from the stage, not from torch.
+        assert Embed(EmbedConfig(device="cpu", threads=1)).threads == 1
     finally:
         torch.set_num_threads(before)
 

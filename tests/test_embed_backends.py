@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from jobs.config import PrepareConfig, add_prepare_arguments, config_from_args
-from operators.embed import CPU_BACKEND, Embed, EmbedConfig
-from operators.embed_backends import ONNX_FILE
+from operators.embed import CPU_BACKEND, Embed, EmbedConfig, load_model, plan_windows, window_tokens
+from operators.embed_backends import ONNX_FILE, SETTINGS_FILE, ExportedEncoder, ExportSettings, RustTokenizer
 
 TEXTS = [
     "How do I reverse a list in Python without changing the original list?",
@@ -124,3 +128,79 @@ def test_vectors_cache_key_names_the_runtime_that_runs():
     assert len(gpu) == 1 and not gpu & cpu
     # The window settings and the embedder are part of the key too.
     assert settings_key(EmbedConfig(max_tokens=256), "torch-fp32") != settings_key(EmbedConfig(), "torch-fp32")
+
+
+# --- the lean encoder: graph + Rust tokenizer, no torch -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_texts(shared_data):
+    """Instructions and answers in English and Chinese, several long enough to be windowed, plus edge cases."""
+    texts = []
+    for name in ("alpaca_en_demo.json", "alpaca_zh_demo.json"):
+        rows = json.loads((shared_data / "llamafactory" / name).read_text())[:150]
+        texts += [row["instruction"] for row in rows] + [row["output"] for row in rows]
+    long = [text for text in texts if len(text) > 1500]
+    assert len(long) >= 5  # the windowed path is really exercised
+    return texts + TEXTS + ["  padded with spaces  ", "\ttabs\nand\r\nnew lines\n", "emoji 😀👍🏽 ½ ™"]
+
+
+def test_lean_encoder_is_the_model_preprocessing_without_torch(exports, real_texts):
+    stage = Embed(EmbedConfig(device="cpu", threads=2, backend="openvino", export_dir=exports))
+    directory = next(p.parent for p in Path(exports).glob(f"*/{SETTINGS_FILE}") if ExportSettings.read(p.parent).lean)
+    lean = ExportedEncoder.lean(directory, "openvino", 2)
+    model = load_model(EmbedConfig(), "cpu")
+    full = ExportedEncoder.with_model(model, directory, "openvino", 2)
+    assert isinstance(lean.tokenizer, RustTokenizer) and not isinstance(full.tokenizer, RustTokenizer)
+    # Same features for every batch the encoder forms, so the same vectors bit for bit.
+    for start in range(0, len(real_texts), 32):
+        batch = real_texts[start : start + 32]
+        ours, theirs = lean._features(batch, None), full._features(batch, None)
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name])
+    np.testing.assert_array_equal(lean.encode(real_texts[:64], batch_size=8), full.encode(real_texts[:64], batch_size=8))
+    # Windowing reads the Rust tokenizer as it reads transformers': same window, pieces, counts and cuts.
+    assert window_tokens(lean, lean.tokenizer) == window_tokens(model, model.tokenizer) == stage.window
+    for max_tokens in (64, 512):
+        a = plan_windows(lean.tokenizer, real_texts, max_tokens, stage.window)
+        b = plan_windows(model.tokenizer, real_texts, max_tokens, stage.window)
+        assert a.pieces == b.pieces
+        np.testing.assert_array_equal(a.windows, b.windows)
+        np.testing.assert_array_equal(a.cut, b.cut)
+        assert a.cut.any() and (max_tokens < stage.window or a.windows.max() > 1)
+
+
+def test_a_cpu_actor_never_imports_torch(exports):
+    """The default CPU path loads the export without torch, transformers or sentence-transformers (~450 MB)."""
+    Embed(EmbedConfig(device="cpu", threads=1, export_dir=exports))  # exported and cached here first
+    probe = (
+        "import sys, pyarrow as pa\n"
+        "from operators.embed import Embed, EmbedConfig\n"
+        f"stage = Embed(EmbedConfig(device='cpu', threads=1, export_dir={exports!r}))\n"
+        "out = stage(pa.table({'id': ['a'], 'dedup_text': ['hello there']}))\n"
+        "assert out.num_rows == 1\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_model_with_a_prompt_keeps_its_preprocessing(tmp_path):
+    """The export declines the lean path when the model's preprocessing does more than its tokenizer (here a
+    default prompt); the encoder then runs the model's own preprocessing and still gives torch's vectors."""
+    model = load_model(EmbedConfig(), "cpu")
+    model.prompts = {"query": "query: "}
+    model.default_prompt_name = "query"
+    model.save(str(tmp_path / "prompted"))
+    config = EmbedConfig(model=str(tmp_path / "prompted"), device="cpu", threads=2, export_dir=str(tmp_path / "x"))
+    stage = Embed(dataclasses.replace(config, backend="openvino"))
+    settings = ExportSettings.read(next((tmp_path / "x").glob(f"*/{SETTINGS_FILE}")).parent)
+    assert not settings.lean and "prompt" in settings.why_not_lean
+    assert not isinstance(stage.tokenizer, RustTokenizer)
+    reference = run(Embed(dataclasses.replace(config, backend="torch")))[0]
+    plain = run(Embed(EmbedConfig(device="cpu", threads=2, backend="torch")))[0]
+    vectors = run(stage)[0]
+    assert np.max(1 - np.sum(vectors * reference, axis=1)) < 1e-6
+    assert np.max(1 - np.sum(plain * reference, axis=1)) > 1e-4  # the prompt really changes the vectors
