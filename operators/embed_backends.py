@@ -195,10 +195,14 @@ class RustEncodings:
 
     def __init__(self, encodings):
         self.encodings = encodings
+        self._columns: dict[str, list] = {}
 
-    def __getitem__(self, name: str):
-        attribute = {"input_ids": "ids", "offset_mapping": "offsets"}[name]
-        return [getattr(encoding, attribute) for encoding in self.encodings]
+    def __getitem__(self, name: str) -> list:
+        # Built once per name: windowing reads one row at a time (`encoding["input_ids"][j]`).
+        if name not in self._columns:
+            attribute = {"input_ids": "ids", "offset_mapping": "offsets"}[name]
+            self._columns[name] = [getattr(encoding, attribute) for encoding in self.encodings]
+        return self._columns[name]
 
     def word_ids(self, index: int) -> list[int | None]:
         return self.encodings[index].word_ids
