@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="chatsieve-e2e-"))
     try:
         inputs = {}
-        real = real_sharegpt(scratch / "real.jsonl", args.real_rows)
+        real = real_sharegpt(scratch / "real.jsonl", args.real_rows) if args.real_rows else None
         if real:
             inputs["real"] = (scratch / "real.jsonl", real)
         if args.generated_rows:

@@ -87,6 +87,8 @@ def export_key(model_dir: str, quantize: str | None) -> str:
     the tokenizer (read from package metadata: computing the key imports none of them)."""
     digest = hashlib.sha256()
     root = Path(model_dir)
+    if not root.is_dir():  # a hub name: its files are in the hub's cache, so the name stands for them
+        digest.update(f"hub:{model_dir}".encode())
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode())
         with path.open("rb") as handle:

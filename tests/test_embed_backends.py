@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,24 @@ import pyarrow as pa
 import pytest
 
 from jobs.config import PrepareConfig, add_prepare_arguments, config_from_args
-from operators.embed import CPU_BACKEND, Embed, EmbedConfig, load_model, plan_windows, window_tokens
-from operators.embed_backends import ONNX_FILE, SETTINGS_FILE, ExportedEncoder, ExportSettings, RustTokenizer
+from operators.embed import (
+    BUILTIN_EMBEDDER,
+    CPU_BACKEND,
+    Embed,
+    EmbedConfig,
+    load_model,
+    plan_windows,
+    resolve_model_path,
+    window_tokens,
+)
+from operators.embed_backends import (
+    ONNX_FILE,
+    SETTINGS_FILE,
+    ExportedEncoder,
+    ExportSettings,
+    RustTokenizer,
+    export_key,
+)
 
 TEXTS = [
     "How do I reverse a list in Python without changing the original list?",
@@ -69,6 +86,16 @@ def test_export_is_cached_by_content(exports):
     assert len(list(Path(exports).glob(f"*/{ONNX_FILE}"))) == 1
     assert not list(Path(exports).glob(".export-*"))  # no scratch left behind
     assert run(first)[0].shape == (len(TEXTS), 384)
+
+
+def test_export_key_is_the_content_for_directories_and_the_name_for_hub_models(tmp_path):
+    builtin = Path(resolve_model_path(BUILTIN_EMBEDDER))
+    copy = shutil.copytree(builtin, tmp_path / "copy")
+    assert export_key(str(copy), None) == export_key(str(builtin), None)  # content, not where it lies
+    (copy / "extra.txt").write_text("changed")
+    assert export_key(str(copy), None) != export_key(str(builtin), None)
+    assert export_key(str(builtin), "int8") != export_key(str(builtin), None)
+    assert export_key("org/model-a", None) != export_key("org/model-b", None)
 
 
 def test_int8_is_a_different_lossy_export(exports, torch_result):
