@@ -416,27 +416,22 @@ class Embed:
 
     def __init__(self, config: EmbedConfig):
         self.config = config
-        exported = config.cpu_backend != "torch"
-        if config.device == "cpu" and exported:
-            # An exported runtime on a CPU actor (the default there): torch is never imported in this
-            # process (operators/embed_backends.py), which saves the actor ~450 MB.
-            self.device = "cpu"
-            self.threads = config.threads or ray_actor_cpus() or _cpu_count()
-            self.model = self._exported_encoder()
+        if config.device == "cpu":
+            self.device = "cpu"  # decided without torch: the exported runtimes never import it
         else:
             import torch
 
             self.device = _resolve_device(config.device, torch)
-            if self.device == "cpu":
-                # Always explicit: in a fractional-CPU Ray actor torch would otherwise run 1 thread (docs/notes.md).
-                self.threads = config.threads or ray_actor_cpus() or _cpu_count()
+        # Always explicit on CPU: in a fractional-CPU Ray actor torch would otherwise run 1 thread (docs/notes.md).
+        self.threads = (config.threads or ray_actor_cpus() or _cpu_count()) if self.device == "cpu" else None
+        if self.device == "cpu" and config.cpu_backend != "torch":
+            self.model = self._exported_encoder()  # ~450 MB less than the torch model (operators/embed_backends.py)
+        else:
+            import torch
+
+            if self.threads:
                 torch.set_num_threads(self.threads)
-            else:
-                self.threads = None
-            if self.device == "cpu" and exported:
-                self.model = self._exported_encoder()
-            else:
-                self.model = load_model(config, self.device)
+            self.model = load_model(config, self.device)
             if self.device == "cuda":
                 self.model.half()  # fp16: ~2x throughput on tensor cores; vectors re-normalized in float32
         self.batch_size = config.batch_size or config.default_batch_size(self.device)
@@ -464,13 +459,13 @@ class Embed:
         config = self.config
         require_runtime(config.cpu_backend)
         directory = exported_model(config.model, resolve_model_path(config.model), config.quantize, config.export_dir)
-        encoder = ExportedEncoder.lean(directory, config.cpu_backend, self.threads)
-        if encoder is None:  # the model's preprocessing does more than its tokenizer: keep the model for it
-            logger.info("embedder %r: %s; its torch model stays loaded for preprocessing", config.model,
-                        ExportSettings.read(directory).why_not_lean)
-            model = load_model(config, "cpu")
-            encoder = ExportedEncoder.with_model(model, directory, config.cpu_backend, self.threads)
-        return encoder
+        settings = ExportSettings.read(directory)
+        if settings.lean:
+            return ExportedEncoder.lean(directory, settings, config.cpu_backend, self.threads)
+        # The model's preprocessing does more than its tokenizer: keep the model for it.
+        logger.info("embedder %r: %s; its torch model stays loaded for preprocessing", config.model, settings.why_not_lean)
+        model = load_model(config, "cpu")
+        return ExportedEncoder.with_model(model, directory, settings, config.cpu_backend, self.threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for name in (schema.ID, DEDUP_TEXT):

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.embed_export import ONNX_OPSET
+from operators.embed_export import ONNX_OPSET, token_features
 
 logger = logging.getLogger(__name__)
 
@@ -229,30 +229,23 @@ class ExportedEncoder:
         self._run = _runtime(directory / ONNX_FILE, backend, threads)
 
     @classmethod
-    def lean(cls, directory: Path, backend: str, threads: int) -> ExportedEncoder | None:
-        """The encoder without torch, or None when the export says its tokenizer is not enough."""
-        settings = ExportSettings.read(directory)
+    def lean(cls, directory: Path, settings: ExportSettings, backend: str, threads: int) -> ExportedEncoder:
+        """The encoder without torch: the graph and the exported Rust tokenizer (`settings.lean` exports only)."""
         if not settings.lean:
-            return None
+            raise ValueError(f"the export in {directory} needs the model's own preprocessing: {settings.why_not_lean}")
         from tokenizers import Tokenizer
 
         encoder = Tokenizer.from_file(str(directory / TOKENIZER_FILE))  # truncation and padding as encode sets them
-        attributes = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
         def features(texts, _prompt):
-            encodings = encoder.encode_batch(texts)
-            return {
-                name: np.array([getattr(e, attributes[name]) for e in encodings], dtype=np.int64)
-                for name in settings.inputs
-            }
+            return token_features(encoder.encode_batch(texts), settings.inputs)
 
         tokenizer = RustTokenizer(directory / TOKENIZER_FILE, settings.max_seq_length)
         return cls(directory, backend, threads, settings, features, tokenizer, {}, None)
 
     @classmethod
-    def with_model(cls, model, directory: Path, backend: str, threads: int) -> ExportedEncoder:
+    def with_model(cls, model, directory: Path, settings: ExportSettings, backend: str, threads: int) -> ExportedEncoder:
         """The encoder over a loaded SentenceTransformer's own preprocessing."""
-        settings = ExportSettings.read(directory)
 
         def features(texts, prompt):
             tensors = model.preprocess(texts, prompt=prompt)

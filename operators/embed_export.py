@@ -87,14 +87,20 @@ def lean_tokenizer(model, names: list[str]) -> tuple[str | None, str | None]:
     # so the serialized tokenizer carries them.
     tokenizer(["a"], padding=True, truncation="longest_first", max_length=model.max_seq_length)
     serialized = tokenizer.backend_tokenizer.to_str()
-    encodings = Tokenizer.from_str(serialized).encode_batch(PROBES)
-    attributes = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    ours_all = token_features(Tokenizer.from_str(serialized).encode_batch(PROBES), names)
     for name in names:
-        ours = np.array([getattr(encoding, attributes[name]) for encoding in encodings], dtype=np.int64)
-        theirs = features[name].numpy()
+        ours, theirs = ours_all[name], features[name].numpy()
         if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
             return None, f"the tokenizer alone gives other {name} than the model's preprocessing"
     return serialized, None
+
+
+def token_features(encodings, names: list[str]) -> dict:
+    """The graph's inputs from a batch of `tokenizers` encodings (padded alike): {name: int64 [batch, length]}."""
+    import numpy as np
+
+    attributes = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    return {name: np.array([getattr(e, attributes[name]) for e in encodings], dtype=np.int64) for name in names}
 
 
 def export_onnx(model, names: list[str], path: Path) -> None:

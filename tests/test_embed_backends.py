@@ -175,9 +175,10 @@ def real_texts(shared_data):
 def test_lean_encoder_is_the_model_preprocessing_without_torch(exports, real_texts):
     stage = Embed(EmbedConfig(device="cpu", threads=2, backend="openvino", export_dir=exports))
     directory = next(p.parent for p in Path(exports).glob(f"*/{SETTINGS_FILE}") if ExportSettings.read(p.parent).lean)
-    lean = ExportedEncoder.lean(directory, "openvino", 2)
+    settings = ExportSettings.read(directory)
+    lean = ExportedEncoder.lean(directory, settings, "openvino", 2)
     model = load_model(EmbedConfig(), "cpu")
-    full = ExportedEncoder.with_model(model, directory, "openvino", 2)
+    full = ExportedEncoder.with_model(model, directory, settings, "openvino", 2)
     assert isinstance(lean.tokenizer, RustTokenizer) and not isinstance(full.tokenizer, RustTokenizer)
     # Same features for every batch the encoder forms, so the same vectors bit for bit.
     for start in range(0, len(real_texts), 32):
