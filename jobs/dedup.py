@@ -74,13 +74,15 @@ NARROW_COLUMNS = [
 
 @dataclass
 class CandidatePlan:
-    """Kept rows in priority order, and their exact-duplicate groups."""
+    """Kept rows in priority order, and their exact-duplicate groups.
+
+    Only what later stages read is held, once (docs/architecture.md, "Resources"): the representatives' text
+    hashes only as the lookup the vectors store is read through, and their ids taken from `ids` when asked."""
 
     ids: pa.Array  # [n] ids in rank order
     group_rep: np.ndarray  # [n] rank of each row's exact-group representative
-    rep_ids: pa.Array  # [m] representatives' ids in rank order: the rows that are embedded
-    rep_index: np.ndarray  # [n] index into rep_ids of each row's representative
-    text_sha1: pa.Array  # [n] in rank order
+    rep_index: np.ndarray  # [n] index into the representatives (rank order) of each row's representative
+    lookup: HashLookup  # the representatives' text_sha1, in rank order: the keys of their vectors in the store
     reference: np.ndarray  # [n] the --against index of a reference row, -1 for an input row
     sources: pa.Array  # [n] source and source_row in rank order (to name reference rows)
     source_rows: pa.Array
@@ -95,9 +97,14 @@ class CandidatePlan:
         return np.flatnonzero(self.is_rep)
 
     @property
-    def rep_sha1(self) -> pa.Array:
-        """text_sha1 of the representatives, in rank order: the keys of their vectors in the store."""
-        return self.text_sha1.filter(pa.array(self.is_rep))
+    def m(self) -> int:
+        """How many representatives: the rows that are embedded and searched."""
+        return len(self.lookup)
+
+    @property
+    def rep_ids(self) -> pa.Array:
+        """[m] the representatives' ids in rank order (taken when asked: ~20 MB at 1M rows, needed by two steps)."""
+        return self.ids.filter(pa.array(self.is_rep))
 
 
 def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
@@ -116,13 +123,13 @@ def plan_candidates(table: pa.Table, keep: str) -> CandidatePlan:
     group_rep = exact_groups(table.column(DEDUP_KEY), positions)
     is_rep = group_rep == np.arange(len(group_rep))
     rep_position = np.cumsum(is_rep) - 1
-    ids = ranked(schema.ID)
+    # The hashes go straight into the lookup, the representatives' only: no column of every row's hash is kept.
+    rep_sha1 = table.column(TEXT_SHA1).take(pa.array(positions[is_rep]))
     return CandidatePlan(
-        ids=ids,
+        ids=ranked(schema.ID),
         group_rep=group_rep,
-        rep_ids=ids.filter(pa.array(is_rep)),
         rep_index=rep_position[group_rep],
-        text_sha1=ranked(TEXT_SHA1),
+        lookup=HashLookup(rep_sha1),
         reference=pc.fill_null(ranked(REFERENCE), -1).to_numpy(zero_copy_only=False).astype(np.int32),
         sources=ranked(schema.SOURCE),
         source_rows=ranked(schema.SOURCE_ROW),
@@ -219,7 +226,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     store = VectorStore(output, key)
     store.remove_scratch()
     stores = [store, *reference_stores(references, key)]
-    lookup = HashLookup(plan.rep_sha1)
+    lookup = plan.lookup
     own = store.stored_in(lookup)
     stored = own.copy()
     for other in stores[1:]:
@@ -362,7 +369,7 @@ def decide(plan: CandidatePlan, neighbors: Neighbors, dedup, labels: tuple[str, 
 
     Decisions are for input rows only. A removed input row with a reference row (--against, `labels`) among
     its duplicates is `in_reference` and names the most similar reference row."""
-    m, threshold = len(plan.rep_ids), dedup.threshold
+    m, threshold = plan.m, dedup.threshold
     neighbors = without_reference_pairs(plan, neighbors)
     resolve = resolve_none if dedup.keep == "none" else resolve_greedy
     result = resolve(m, neighbors.pairs_a, neighbors.pairs_b, neighbors.pairs_sim, threshold)
@@ -504,18 +511,19 @@ def read_neighbors(output: Output, plan: CandidatePlan) -> Neighbors:
     """The recorded pairs and best neighbours of an existing output, in this plan's ranks (rethreshold)."""
     pairs = pq.read_table(output.child_path(NEIGHBORS_DIR, "pairs"), filesystem=output.fs)
     best = pq.read_table(output.child_path(NEIGHBORS_DIR, "best"), filesystem=output.fs)
-    a = pc.index_in(pairs.column("id_a"), value_set=plan.rep_ids).to_numpy(zero_copy_only=False)
-    b = pc.index_in(pairs.column("id_b"), value_set=plan.rep_ids).to_numpy(zero_copy_only=False)
+    rep_ids = plan.rep_ids
+    a = pc.index_in(pairs.column("id_a"), value_set=rep_ids).to_numpy(zero_copy_only=False)
+    b = pc.index_in(pairs.column("id_b"), value_set=rep_ids).to_numpy(zero_copy_only=False)
     sim = pairs.column(schema.SIMILARITY).to_numpy()
     order = np.lexsort((b, a))
-    m = len(plan.rep_ids)
+    m = len(rep_ids)
     best_rank = np.full(m, -1, np.int64)
     best_sim = np.full(m, np.nan, np.float32)
-    rows = pc.index_in(best.column(schema.ID), value_set=plan.rep_ids)
+    rows = pc.index_in(best.column(schema.ID), value_set=rep_ids)
     valid = pc.is_valid(rows)
     best = best.filter(valid)
     rows = rows.filter(valid).to_numpy()
-    target = pc.index_in(best.column("best_id"), value_set=plan.rep_ids)
+    target = pc.index_in(best.column("best_id"), value_set=rep_ids)
     best_rank[rows] = pc.fill_null(target, -1).to_numpy()
     best_sim[rows] = best.column("best_similarity").to_numpy(zero_copy_only=False)
     return Neighbors(a[order].astype(np.int64), b[order].astype(np.int64), sim[order], best_rank, best_sim, 0)
@@ -590,7 +598,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         release_freed_memory()  # the read's per-file buffers, before the plan's own arrays (about 40 MB at 1M rows)
         plan = plan_candidates(keys, config.dedup.keep)
         del keys  # the plan holds what the rest needs (a copy, in priority order)
-    m = len(plan.rep_ids)
+    m = plan.m
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
     with timings.stage("embed"):
         vectors = ensure_vectors(config, output, plan, references) if m else None

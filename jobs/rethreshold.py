@@ -108,7 +108,7 @@ def rows_before_dedup(manifest: dict) -> int:
 
 def removed_at(plan: CandidatePlan, neighbors, keep: str, threshold: float) -> int:
     """Input rows the keep rule removes at `threshold` (the count of `decide`'s decisions, without building them)."""
-    m = len(plan.rep_ids)
+    m = plan.m
     resolve = resolve_none if keep == "none" else resolve_greedy
     result = resolve(m, neighbors.pairs_a, neighbors.pairs_b, neighbors.pairs_sim, threshold)
     is_ref = plan.reference >= 0

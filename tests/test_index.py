@@ -264,7 +264,10 @@ def test_search_with_ray_equals_in_process(ray_local, planted, flat_results, sha
     assert nb.researched > 0
 
 
-def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted):
+@pytest.mark.parametrize("query_batch", [index_module.IVF_QUERY_BATCH, 777])
+def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted, query_batch, monkeypatch):
+    """777: the queries regrouped into many calls through one reused buffer, batches straddling its ends."""
+    monkeypatch.setattr(index_module, "IVF_QUERY_BATCH", query_batch)
     x, ranks, _ = planted
 
     def batches():
@@ -274,6 +277,19 @@ def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted):
     config = IndexConfig(kind="ivf", shards=2, max_neighbors=MAX_NEIGHBORS)
     expected = search_in_process(ranks, x, config, RECORD)
     _assert_same(search_with_ray(batches, len(x), DIM, config, RECORD, {"num_cpus": 0.25}), expected)
+
+
+def test_regrouped_batches_are_exactly_the_rows_in_order():
+    rng = np.random.default_rng(0)
+    sizes = [5, 300, 1, 0, 777, 64, 129]
+    ranks = np.arange(sum(sizes))
+    vectors = rng.standard_normal((len(ranks), 4)).astype(np.float32)
+    cuts = np.cumsum([0, *sizes])
+    batches = [(ranks[a:b], vectors[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    got = [(r.copy(), v.copy()) for r, v in index_module._regrouped(iter(batches), 256)]  # a yield is a view
+    assert [len(r) for r, _ in got] == [256] * 4 + [len(ranks) - 4 * 256]
+    assert np.array_equal(np.concatenate([r for r, _ in got]), ranks)
+    assert np.array_equal(np.concatenate([v for _, v in got]), vectors)
 
 
 def test_search_with_ray_ivf_training_task_reports_a_missing_row(ray_local, planted):
