@@ -894,6 +894,55 @@ def _regrouped(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: int):
         yield buffer_r[:count], buffer_v[:count]
 
 
+class BatchFeeder:
+    """The reading side of `search_with_ray`, run as a Ray actor: it reads `batches()`, computes the IVF coarse
+    assignment (`CoarseAssigner`), and puts each batch in the object store once, for every shard.
+
+    The driver only forwards the references. When it read and put the batches itself, it held each batch
+    (50 MB per IVF query call) and mapped every object-store page it wrote: at 1M rows its RSS grew by
+    ~230 MB of object-store pages alone (benchmarks/driver_memory.py), growing with the rows."""
+
+    def __init__(self, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], dim: int,
+                 trained: bytes | None, nprobe: int, omp_threads: int = 0):
+        _faiss().omp_set_num_threads(_resolve_threads(omp_threads, 1))  # Ray sets 1 thread in a fractional actor
+        self.batches, self.dim = batches, dim
+        self.assigner = CoarseAssigner(trained, nprobe) if trained is not None else None
+        self._phase, self._pending = "add", iter(())
+
+    def start(self, phase: str, rows_per_batch: int = 0) -> None:
+        """Begin a pass over `batches()`: "add" (each batch with its lists) or "search" (with its probes),
+        regrouped into `rows_per_batch`-row batches when given."""
+        batches = self.batches()
+        self._phase, self._pending = phase, _regrouped(batches, rows_per_batch) if rows_per_batch else batches
+
+    def next(self):
+        """(rows, ranks ref, vectors ref, lists or probes ref or None) of the next batch; None at the end."""
+        import ray
+
+        for r, v in self._pending:
+            r, v = _check_batch(r, v, self.dim)
+            assignment = None
+            if self.assigner is not None:
+                assignment = ray.put(self.assigner.lists(v) if self._phase == "add" else self.assigner.probes(v))
+            return len(r), ray.put(r), ray.put(v), assignment
+        return None
+
+
+def _fed(feeder, phase: str, rows_per_batch: int = 0):
+    """The feeder's batches as (rows, refs...), the next one asked for before the caller works on this one
+    (an actor runs its calls in order, so it reads and assigns while the shards search)."""
+    import ray
+
+    feeder.start.remote(phase, rows_per_batch)
+    upcoming = feeder.next.remote()
+    while True:
+        item = ray.get(upcoming)
+        if item is None:
+            return
+        upcoming = feeder.next.remote()
+        yield item
+
+
 def search_with_ray(
     batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     n: int,
@@ -910,16 +959,17 @@ def search_with_ray(
 ) -> Neighbors:
     """The same search with one Ray actor per shard; vectors streamed from `batches()`.
 
-    `batches()` yields (ranks, vectors) covering ranks 0..n-1 once; it is called twice (add, then query),
-    and once more first for ivf when `trained` is None, in a Ray task that gathers the training sample (by
-    rank, so the quantizer does not depend on batching) and trains (`train_from_stream`): `batches` must
-    pickle. Each batch is `ray.put` once and sent to every shard, which
-    keeps its own rows; at most `max_in_flight` batches are in flight, so the driver never holds more than
-    that (plus the pair list); ivf queries go in IVF_QUERY_BATCH-row calls, one queued behind the one
-    running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never schedule on 2 cores,
-    docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
+    `batches()` yields (ranks, vectors) covering ranks 0..n-1 once; it is called twice (add, then query) by a
+    `BatchFeeder` actor, and once more first for ivf when `trained` is None, in a Ray task that gathers the
+    training sample (by rank, so the quantizer does not depend on batching) and trains (`train_from_stream`):
+    `batches` must pickle. Each batch is put in the object store once and sent to every shard, which keeps its
+    own rows; at most `max_in_flight` batches are in flight, and the driver holds only their references and
+    the results (the pair list, one best neighbour per row); ivf queries go in IVF_QUERY_BATCH-row calls, one
+    queued behind the one running. `actor_options` must set `num_cpus` (fractional: four 1-CPU actors never
+    schedule on 2 cores, docs/notes.md); `omp_threads` as in IndexShard (0: node cores / shards).
     """
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if "num_cpus" not in actor_options:
         raise ValueError(
@@ -942,6 +992,12 @@ def search_with_ray(
         )
         for s in range(config.shards)
     ]
+    # No CPU reserved: it does the reading and the coarse assignment the driver did before, beside the shards
+    # (which reserve the node's cores); on the driver's node, where the driver read.
+    feeder = ray.remote(BatchFeeder).options(
+        num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+    ).remote(batches, dim, trained if config.kind == "ivf" else None, config.nprobe, omp_threads)
     try:
         try:
             ray.get([actor.size.remote() for actor in actors], timeout=start_timeout_s)
@@ -953,12 +1009,8 @@ def search_with_ray(
 
         added, queried = 0, 0
         pending: list = []
-        # ivf: the coarse assignment is computed once per batch here and sent to every shard (CoarseAssigner).
-        assigner = CoarseAssigner(trained, config.nprobe) if config.kind == "ivf" else None
-        for r, v in batches():
-            r, v = _check_batch(r, v, dim)
-            r_ref, v_ref = ray.put(r), ray.put(v)
-            lists = None if assigner is None else ray.put(assigner.lists(v))
+        # ivf: the coarse assignment is computed once per batch by the feeder and sent to every shard.
+        for rows, r_ref, v_ref, lists in _fed(feeder, "add"):
             pending.append([actor.add.remote(r_ref, v_ref, lists) for actor in actors])
             if len(pending) > max_in_flight:
                 added += sum(ray.get(pending.pop(0)))
@@ -969,15 +1021,11 @@ def search_with_ray(
 
         merged = NeighborMerge(n)  # folded as results arrive (its docstring says why)
         pending = []
-        queries = batches()
-        if assigner is not None:  # ivf: bigger calls (IVF_QUERY_BATCH), about as many rows in flight
-            queries = _regrouped(queries, IVF_QUERY_BATCH)
-            max_in_flight = 1
-        for r, v in queries:
-            r, v = _check_batch(r, v, dim)
-            queried += len(r)
-            r_ref, v_ref = ray.put(r), ray.put(v)
-            probes = None if assigner is None else ray.put(assigner.probes(v))
+        query_batch = 0
+        if config.kind == "ivf":  # bigger calls (IVF_QUERY_BATCH), about as many rows in flight
+            query_batch, max_in_flight = IVF_QUERY_BATCH, 1
+        for rows, r_ref, v_ref, probes in _fed(feeder, "search", query_batch):
+            queried += rows
             pending.append([actor.search.remote(r_ref, v_ref, float(t), probes) for actor in actors])
             if len(pending) > max_in_flight:
                 done = ray.get(pending.pop(0))
@@ -994,7 +1042,7 @@ def search_with_ray(
         if queried != n:
             raise ValueError(f"batches() yielded {queried} query rows on the second call, expected n={n}")
     finally:
-        for actor in actors:
+        for actor in [*actors, feeder]:
             ray.kill(actor)
     neighbors = merged.finish()
     logger.info(
