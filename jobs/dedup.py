@@ -300,16 +300,17 @@ class VectorBatches:
         return {"rows": rows, "windows": windows, "rows_cut": cut}
 
 
-def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_threshold: float) -> dict:
-    """IVF recall of recorded pairs against exact search, on an evenly spaced sample of query rows."""
-    sample = np.unique(np.linspace(0, m - 1, num=min(RECALL_SAMPLE, m)).astype(np.int64))
-    exact_a, exact_b = [], []
+def exact_pairs_of_sample(batches: VectorBatches, sample: np.ndarray, record_threshold: float):
+    """Every pair >= record_threshold with a row of `sample` on one side, by exact search: (sample rank, rank).
+
+    Run as a Ray task (measure_recall): it reads every vector twice, which the driver never does."""
     found_queries = {}
     for ranks, vectors in batches():
         hit = np.isin(ranks, sample)
         for r, v in zip(ranks[hit], vectors[hit]):
             found_queries[int(r)] = v
     queries = np.stack([found_queries[int(r)] for r in sample])
+    exact_a, exact_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for ranks, vectors in batches():
         sims = queries @ vectors.T
         qi, vi = np.nonzero(sims >= record_threshold - 1e-4)
@@ -318,8 +319,14 @@ def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_
         exact = pair_similarity(queries[qi], vectors[vi]) >= np.float32(record_threshold)
         exact_a.append(sample[qi][exact])
         exact_b.append(ranks[vi][exact])
-    a = np.concatenate(exact_a) if exact_a else np.empty(0, np.int64)
-    b = np.concatenate(exact_b) if exact_b else np.empty(0, np.int64)
+    return np.concatenate(exact_a), np.concatenate(exact_b)
+
+
+def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_threshold: float) -> dict:
+    """IVF recall of recorded pairs against exact search, on an evenly spaced sample of query rows."""
+    sample = np.unique(np.linspace(0, m - 1, num=min(RECALL_SAMPLE, m)).astype(np.int64))
+    exact = ray.remote(exact_pairs_of_sample).options(num_cpus=IO_TASK_CPUS)
+    a, b = ray.get(exact.remote(batches, sample, record_threshold))
     truth = {(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist())}
     # Only the recorded pairs that touch the sample become Python tuples (all pairs at 1M rows: millions).
     touches = np.isin(neighbors.pairs_a, sample) | np.isin(neighbors.pairs_b, sample)
@@ -612,7 +619,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         ]
     if m:
         batches = VectorBatches(vectors.stores, vectors.lookup)
-        dim = next(iter(batches()))[1].shape[1]
+        dim = next(d for d in (store.dimension() for store in vectors.stores) if d is not None)
         with timings.stage("index_search"):
             neighbors, index_used = search(config, batches, m, dim)
         manifest["index"] = {"kind": index_used.kind, "chosen_by_auto": config.index.kind == "auto",

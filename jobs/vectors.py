@@ -65,6 +65,12 @@ class VectorStore:
         self.output.fs.create_dir(self.output.child_path(*self.parts), recursive=True)
         self.output.write_text("/".join((*self.parts, SETTINGS)), json.dumps(settings, indent=2) + "\n")
 
+    def dimension(self) -> int | None:
+        """The vectors' dimension, from a stored file's schema (no vector read); None when nothing is stored."""
+        for path in self.files():
+            return pq.read_schema(path, filesystem=self.output.fs).field(VECTOR).type.list_size
+        return None
+
     def stored_hashes(self) -> pa.Array:
         """text_sha1 of every vector stored (about 40 bytes a row on the driver)."""
         hashes = list(self._hashes_per_file())

@@ -453,3 +453,37 @@ def test_auto_is_flat_up_to_flat_max_rows_or_on_a_gpu_and_ivf_above():
         IndexShard(config, 8)
     with pytest.raises(ValueError, match="flat_max_rows"):
         IndexConfig(flat_max_rows=-1)
+
+
+class _InMemoryBatches:
+    """(ranks, vectors) batches of the planted rows; picklable, as measure_recall's Ray task needs."""
+
+    def __init__(self, x: np.ndarray, ranks: np.ndarray, rows: int = 500):
+        self.x, self.ranks, self.rows = x, ranks, rows
+
+    def __call__(self):
+        for k in range(0, len(self.x), self.rows):
+            yield self.ranks[k:k + self.rows], self.x[k:k + self.rows]
+
+
+def test_measure_recall_counts_exactly_the_sampled_pairs_a_search_missed(ray_local, planted, flat_results):
+    """The recall check (a Ray task reads the vectors, the driver compares): 1.0 against the exact pairs, and
+    (T - k) / T when k of the T sampled exact pairs are left out of what the search recorded."""
+    import dataclasses
+
+    from jobs.dedup import measure_recall
+
+    x, ranks, _ = planted
+    exact = flat_results[1]
+    full = measure_recall(_InMemoryBatches(x, ranks), exact, len(x), RECORD)
+    sample = np.unique(np.linspace(0, len(x) - 1, num=1000).astype(np.int64))
+    touching = np.flatnonzero(np.isin(exact.pairs_a, sample) | np.isin(exact.pairs_b, sample))
+    assert full["sample_rows"] == len(sample) and full["exact_pairs"] == len(touching) > 20
+    assert full["found_pairs"] == full["exact_pairs"] and full["recall"] == 1.0
+    keep = np.ones(len(exact.pairs_a), dtype=bool)
+    keep[touching[:7]] = False
+    missed = dataclasses.replace(exact, pairs_a=exact.pairs_a[keep], pairs_b=exact.pairs_b[keep],
+                                 pairs_sim=exact.pairs_sim[keep])
+    partial = measure_recall(_InMemoryBatches(x, ranks, rows=333), missed, len(x), RECORD)
+    assert partial["exact_pairs"] == len(touching) and partial["found_pairs"] == len(touching) - 7
+    assert partial["recall"] == pytest.approx((len(touching) - 7) / len(touching))
