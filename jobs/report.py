@@ -18,7 +18,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from operators import schema
@@ -45,6 +44,7 @@ READ_BATCH = 65536
 TOKEN_PLOT, SIMILARITY_PLOT, HTML = "token_lengths.png", "similarity.png", "report.html"
 PAIR_COLUMNS = [schema.ID, schema.REASON, schema.DUPLICATE_OF, schema.SIMILARITY]
 ROW_COLUMNS = [schema.ID, schema.SOURCE, schema.SOURCE_ROW, schema.MESSAGES]
+LOOKUP_BATCH = 4096  # rows decoded at a time while looking up the rows the report shows
 SOURCES_SHOWN = 20  # inspect lists this many sources, the report all of them
 
 
@@ -95,21 +95,21 @@ def select_pairs(output: Output, k: int = PAIRS_SHOWN) -> tuple[pa.Table, pa.Tab
 
 def lookup_rows(output: Output, ids: list[str]) -> dict[str, dict]:
     """id -> {source, source_row, messages, where} for a few ids: data/ first, then removed/ (with
-    --keep none a row's duplicate_of may itself be removed). A filtered scan: only matches are held, and one
-    batch at a time is read (pyarrow's default readahead decoded ~16 batches of 4 files' messages at once: the
-    driver's peak at 1M rows, benchmarks/driver_memory.py)."""
+    --keep none a row's duplicate_of may itself be removed). Read a file at a time, a batch at a time, only
+    matches held. (pyarrow's dataset scanner, even with readahead off, grew the driver by ~210 MB over 1M rows'
+    messages; its default readahead decoded ~16 batches of 4 files at once: benchmarks/driver_memory.py.)"""
     found: dict[str, dict] = {}
     for subdir in (DATA_DIR, REMOVED_DIR):
-        missing = sorted(set(ids) - set(found))
+        missing = pa.array(sorted(set(ids) - set(found)), pa.string())
         files = list_parquet(output, subdir)
-        if not missing or not files:
+        if not len(missing) or not files:
             continue
-        dataset = pads.dataset(files, filesystem=output.fs, format="parquet")
-        scanner = dataset.scanner(columns=ROW_COLUMNS, filter=pc.field(schema.ID).isin(missing),
-                                  batch_readahead=0, fragment_readahead=0)
-        for batch in scanner.to_batches():
-            for row in batch.to_pylist():
-                found[row[schema.ID]] = {**row, "where": subdir}
+        for path in files:
+            with output.fs.open_input_file(path) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=LOOKUP_BATCH, columns=ROW_COLUMNS):
+                    matches = batch.filter(pc.is_in(batch.column(schema.ID), value_set=missing))
+                    for row in matches.to_pylist():
+                        found[row[schema.ID]] = {**row, "where": subdir}
     return found
 
 
