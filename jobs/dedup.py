@@ -33,6 +33,7 @@ from operators.exact_dedup import (
     TEXT_SHA1,
     candidates,
     exact_groups,
+    key_digests,
     priority_order,
     reference_index,
 )
@@ -165,21 +166,25 @@ def read_candidates(output: Output, columns: list[str]):
 
 
 def load_candidate_keys(output: Output) -> pa.Table:
-    """The narrow candidate columns (no text) on the driver: about 130 bytes a row, `source` dictionary-encoded
-    (a path repeated on every row of its file).
+    """The narrow candidate columns (no text) on the driver: about 110 bytes a row, `source` dictionary-encoded
+    (a path repeated on every row of its file) and the exact key as its 20 bytes (`key_digests`).
 
     Read with pyarrow on the driver, not through a Ray dataset: only these columns of each file are decoded, no
     streaming execution starts (1-3 s each, docs/notes.md), and no block passes through the object store, whose
     pages the driver would map and hold in its RSS."""
+    def narrowed(table: pa.Table) -> pa.Table:
+        index = table.schema.get_field_index(DEDUP_KEY)
+        return table.set_column(index, DEDUP_KEY, key_digests(table.column(index)))
+
     narrow = with_source_encoded(pa.schema([CANDIDATE_SCHEMA.field(name) for name in NARROW_COLUMNS]).empty_table())
     tables = [
         # `source` comes out of Parquet's own dictionary pages as a dictionary: no string per row, even briefly.
-        with_source_encoded(pq.read_table(path, columns=NARROW_COLUMNS, filesystem=output.fs,
-                                          read_dictionary=[schema.SOURCE])).cast(narrow.schema)
+        narrowed(with_source_encoded(pq.read_table(path, columns=NARROW_COLUMNS, filesystem=output.fs,
+                                                   read_dictionary=[schema.SOURCE])).cast(narrow.schema))
         for parts in candidate_dirs(output)
         for path in list_parquet(output, *parts)
     ]
-    return pa.concat_tables(tables) if tables else narrow
+    return pa.concat_tables(tables) if tables else narrowed(narrow)
 
 
 def with_source_encoded(table: pa.Table) -> pa.Table:

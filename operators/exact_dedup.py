@@ -47,6 +47,33 @@ def dedup_text(messages: list[dict], dedup_on: str) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == dedup_on)
 
 
+_HEX_VALUE = np.full(256, 255, np.uint8)  # ASCII byte -> its hex digit's value; 255: not a lowercase hex digit
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+KEY_DIGEST = pa.binary(20)
+
+
+def key_digests(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Exact keys (`exact_key`'s 40-character SHA-1 hex digests) as their 20 bytes.
+
+    The driver groups a million keys (jobs/dedup.py `plan_candidates`): as bytes they hold half the memory, and
+    so does the hash table that groups them. Raises ValueError for a key that is not such a digest."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    n = len(keys)
+    if not n:
+        return pa.array([], KEY_DIGEST)
+    widths = pc.min_max(pc.binary_length(keys))
+    if keys.null_count or widths["min"].as_py() != 40 or widths["max"].as_py() != 40:
+        raise ValueError("exact keys must be 40-character SHA-1 hex digests (a candidate checkpoint not written "
+                         "by this version?)")
+    first = np.frombuffer(keys.buffers()[1], np.int32, count=1, offset=4 * keys.offset)[0]
+    digits = _HEX_VALUE[np.frombuffer(keys.buffers()[2], np.uint8, count=40 * n, offset=first).reshape(n, 20, 2)]
+    if (digits == 255).any():
+        raise ValueError("exact keys must be 40-character SHA-1 hex digests (lowercase)")
+    digest = np.ascontiguousarray((digits[..., 0] << 4) | digits[..., 1])
+    return pa.Array.from_buffers(KEY_DIGEST, n, [None, pa.py_buffer(digest)])
+
+
 def exact_key(text: str) -> str:
     normalized = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
     return hashlib.sha1(normalized.encode()).hexdigest()

@@ -190,3 +190,23 @@ def test_exact_groups_of_unranked_keys_equal_those_of_the_ranked_copy():
     assert np.array_equal(exact_groups(chunked, order), expected)
     assert np.array_equal(exact_groups(pa.array(keys), order), expected)
     assert not np.array_equal(exact_groups(pa.array(keys)), expected)  # the order really matters here
+
+
+def test_key_digests_group_as_the_hex_keys_do_and_refuse_what_is_not_a_digest():
+    """The driver groups exact keys as their 20 bytes (load_candidate_keys): the same groups as the hex text, on
+    sliced and chunked columns; a key that is not a SHA-1 hex digest is an error, never a silent regrouping."""
+    import hashlib
+
+    from operators.exact_dedup import key_digests
+
+    rng = np.random.default_rng(1)
+    hexes = [hashlib.sha1(str(v).encode()).hexdigest() for v in rng.integers(0, 300, 2000)]  # many repeats
+    column = pa.chunked_array([pa.array(hexes[:700]), pa.array(hexes).slice(700)])
+    digests = key_digests(column)
+    assert digests.type == pa.binary(20) and digests.to_pylist() == [bytes.fromhex(h) for h in hexes]
+    order = rng.permutation(len(hexes))
+    assert np.array_equal(exact_groups(digests, order), exact_groups(column, order))
+    for bad in (["0" * 39], ["A" * 40], ["g" * 40], [None]):
+        with pytest.raises(ValueError, match="SHA-1 hex digests"):
+            key_digests(pa.array(bad, pa.string()))
+    assert len(key_digests(pa.array([], pa.string()))) == 0
