@@ -870,9 +870,9 @@ def search_in_process(
 def _regrouped(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: int):
     """(ranks, vectors) batches regrouped into batches of exactly `rows` rows (the last may be smaller).
 
-    Filled into one buffer, reused: each yielded pair is only valid until the next is asked for (the caller
-    `ray.put`s it first). Holding the incoming batches and concatenating them held every query row twice on
-    the driver (2 x 50 MB at 32,768 x 384 floats)."""
+    Filled into one buffer, reused: each yielded pair is only valid until the next is asked for (the caller,
+    `BatchFeeder.next`, `ray.put`s it first). Holding the incoming batches and concatenating them held every
+    query row twice (2 x 50 MB at 32,768 x 384 floats)."""
     buffer_r: np.ndarray | None = None
     buffer_v: np.ndarray | None = None
     count = 0
