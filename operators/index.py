@@ -67,6 +67,9 @@ QUERY_BATCH = 4096
 # give ~33 queries a list and spend most of the time in per-list overhead; at 32768 the scan ran 4.6x
 # faster than FAISS's own, docs/notes.md). 32768 x 384 float32 is 50 MB.
 IVF_QUERY_BATCH = 32768
+# Rows per add call and per flat query call in `search_with_ray`: the vectors store's files hold ~1,000 rows
+# each, and every batch is one round trip through the feeder actor (about 900 of them at 1M rows otherwise).
+FEED_BATCH = 8192
 # FAISS IndexIVF.parallel_mode for preassigned searches: 3 = queries split over the OpenMP threads (k-NN only;
 # mode 0 is single-threaded there), 0 = the same for range search (which does not accept 3). docs/notes.md.
 _KNN_PARALLEL_MODE = 3
@@ -1010,7 +1013,7 @@ def search_with_ray(
         added, queried = 0, 0
         pending: list = []
         # ivf: the coarse assignment is computed once per batch by the feeder and sent to every shard.
-        for rows, r_ref, v_ref, lists in _fed(feeder, "add"):
+        for rows, r_ref, v_ref, lists in _fed(feeder, "add", FEED_BATCH):
             pending.append([actor.add.remote(r_ref, v_ref, lists) for actor in actors])
             if len(pending) > max_in_flight:
                 added += sum(ray.get(pending.pop(0)))
@@ -1021,7 +1024,7 @@ def search_with_ray(
 
         merged = NeighborMerge(n)  # folded as results arrive (its docstring says why)
         pending = []
-        query_batch = 0
+        query_batch = FEED_BATCH
         if config.kind == "ivf":  # bigger calls (IVF_QUERY_BATCH), about as many rows in flight
             query_batch, max_in_flight = IVF_QUERY_BATCH, 1
         for rows, r_ref, v_ref, probes in _fed(feeder, "search", query_batch):

@@ -249,7 +249,8 @@ def test_coarse_assignment_is_the_exact_top_m_whatever_the_batch(planted):
 
 
 @pytest.mark.parametrize("shards", [2, 4])
-def test_search_with_ray_equals_in_process(ray_local, planted, flat_results, shards):
+def test_search_with_ray_equals_in_process(ray_local, planted, flat_results, shards, monkeypatch):
+    monkeypatch.setattr(index_module, "FEED_BATCH", 1000)  # 700-row batches regrouped across their ends
     x, ranks, _ = planted
     order = np.random.default_rng(3).permutation(len(x))  # batches in no particular rank order
 
@@ -266,8 +267,9 @@ def test_search_with_ray_equals_in_process(ray_local, planted, flat_results, sha
 
 @pytest.mark.parametrize("query_batch", [index_module.IVF_QUERY_BATCH, 777])
 def test_search_with_ray_ivf_trains_from_the_stream(ray_local, planted, query_batch, monkeypatch):
-    """777: the queries regrouped into many calls through one reused buffer, batches straddling its ends."""
+    """777: adds and queries regrouped into many calls through one reused buffer, batches straddling its ends."""
     monkeypatch.setattr(index_module, "IVF_QUERY_BATCH", query_batch)
+    monkeypatch.setattr(index_module, "FEED_BATCH", query_batch)
     x, ranks, _ = planted
 
     def batches():
