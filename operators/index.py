@@ -907,7 +907,12 @@ class BatchFeeder:
 
     def __init__(self, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], dim: int,
                  trained: bytes | None, nprobe: int, omp_threads: int = 0):
-        _faiss().omp_set_num_threads(_resolve_threads(omp_threads, 1))  # Ray sets 1 thread in a fractional actor
+        # Ray sets OMP_NUM_THREADS=1 in an actor, which FAISS's OpenMP and both BLAS libraries (numpy's, FAISS's)
+        # follow: the coarse assignment's top-k ran at half speed on 2 cores. The assignment does not depend on
+        # thread counts (`_Centroids` re-decides every close call exactly).
+        threads = _resolve_threads(omp_threads, 1)
+        _faiss().omp_set_num_threads(threads)
+        self._blas_threads = threadpool_limits(limits=threads)
         self.batches, self.dim = batches, dim
         self.assigner = CoarseAssigner(trained, nprobe) if trained is not None else None
         self._phase, self._pending = "add", iter(())
