@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from operators import schema
 from operators.embed import CUT, VECTOR, WINDOWS, Embed, EmbedConfig
-from operators.exact_dedup import DEDUP_TEXT, TEXT_SHA1
+from operators.exact_dedup import DEDUP_TEXT, TEXT_SHA1, equal_width_bytes
 from operators.write import WORK_DIR, Output, list_parquet
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ def _as_bytes(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
         if width["min"] == width["max"] and width["min"].as_py() > 0:
             # Equal widths: the values lie back to back in the data buffer, read as one fixed-width array
             # (at 1M rows a Python bytes object per hash cost ~100 MB and seconds).
-            first = np.frombuffer(hashes.buffers()[1], np.int32, count=1, offset=4 * hashes.offset)[0]
-            return np.frombuffer(hashes.buffers()[2], f"S{width['max'].as_py()}", count=len(hashes), offset=first)
+            size = width["max"].as_py()
+            return equal_width_bytes(hashes, size).view(f"S{size}").reshape(len(hashes))
     return np.array([h.encode() for h in hashes.to_pylist()], dtype=np.bytes_)
 
 

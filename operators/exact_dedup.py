@@ -52,6 +52,13 @@ _HEX_VALUE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=n
 KEY_DIGEST = pa.binary(20)
 
 
+def equal_width_bytes(strings: pa.Array, width: int) -> np.ndarray:
+    """The bytes of a string array whose values are all `width` bytes long: back to back in its data buffer, read
+    as a [n, width] uint8 view without a copy (a slice's values start at its first offset)."""
+    first = np.frombuffer(strings.buffers()[1], np.int32, count=1, offset=4 * strings.offset)[0]
+    return np.frombuffer(strings.buffers()[2], np.uint8, count=width * len(strings), offset=first).reshape(-1, width)
+
+
 def key_digests(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Exact keys (`exact_key`'s 40-character SHA-1 hex digests) as their 20 bytes.
 
@@ -66,8 +73,7 @@ def key_digests(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     if keys.null_count or widths["min"].as_py() != 40 or widths["max"].as_py() != 40:
         raise ValueError("exact keys must be 40-character SHA-1 hex digests (a candidate checkpoint not written "
                          "by this version?)")
-    first = np.frombuffer(keys.buffers()[1], np.int32, count=1, offset=4 * keys.offset)[0]
-    digits = _HEX_VALUE[np.frombuffer(keys.buffers()[2], np.uint8, count=40 * n, offset=first).reshape(n, 20, 2)]
+    digits = _HEX_VALUE[equal_width_bytes(keys, 40).reshape(n, 20, 2)]
     if (digits == 255).any():
         raise ValueError("exact keys must be 40-character SHA-1 hex digests (lowercase)")
     digest = np.ascontiguousarray((digits[..., 0] << 4) | digits[..., 1])
