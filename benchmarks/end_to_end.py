@@ -13,6 +13,8 @@ below and then (with --rounds 2) in the reverse order:
                     audit, manifest, report, card).
   same_work_fast    the same with --embed-backend FAST (default: the fastest runtime that changed no decision
                     in benchmarks/results/embed_backends.json, else openvino)
+  same_work_bf16    the same with --embed-backend openvino --embed-quantize bf16, on CPUs with bf16 units (AMX,
+                    AVX512_BF16) only: lossy, so its removals are compared with torch's
   defaults          chatsieve prepare with its defaults (every turn compared, keep the first of each group,
                     512-piece windows, the default CPU runtime): more work than the naive script.
 chatsieve runs with RAY_ADDRESS=local: a fresh local Ray started by the job (its start-up is in the time).
@@ -21,7 +23,7 @@ Recorded per variant: wall time of the whole process (imports, model loading and
 peak RSS of its process tree (sampled every 0.5 s from /proc, Ray's workers included), rows kept, and the
 ratio naive wall / variant wall (> 1: faster than naive). Agreement: rows the naive script kept vs rows
 same_work_torch kept (by the (prompt, answer) pair), and removed rows that differ between same_work_torch and
-same_work_fast (the runtimes must agree).
+same_work_fast (the runtimes must agree) and same_work_bf16 (reduced precision: may differ).
 
 No timing asserts; the load average is recorded with every run.
 """
@@ -60,15 +62,26 @@ def fast_backend_default() -> str:
     return "openvino"
 
 
-def commands(input_path: Path, out: Path, fast: str) -> dict[str, list[str]]:
+def cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def commands(input_path: Path, out: Path, fast: str, bf16: bool) -> dict[str, list[str]]:
     prepare = [sys.executable, "-m", "jobs.cli", "prepare", "--input", str(input_path), "--overwrite"]
-    return {
+    runs = {
         "naive": [sys.executable, str(HERE / "naive_pipeline.py"), "--input", str(input_path),
                   "--output", str(out / "naive.parquet"), "--json", str(out / "naive.json")],
         "same_work_torch": [*prepare, "--output", str(out / "same_work_torch"), *SAME_WORK, "--embed-backend", "torch"],
         "same_work_fast": [*prepare, "--output", str(out / "same_work_fast"), *SAME_WORK, "--embed-backend", fast],
+        "same_work_bf16": [*prepare, "--output", str(out / "same_work_bf16"), *SAME_WORK,
+                           "--embed-backend", "openvino", "--embed-quantize", "bf16"],
         "defaults": [*prepare, "--output", str(out / "defaults")],
     }
+    if not bf16:
+        del runs["same_work_bf16"]
+    return runs
 
 
 def kept_pairs_naive(out: Path) -> set[tuple[str, str]]:
@@ -108,10 +121,10 @@ def run_variant(name: str, command: list[str], log: Path) -> dict:
             "tree_peak_rss_by_process": memory["tree_peak_rss_by_process"]}
 
 
-def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: int) -> dict:
+def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: int, bf16: bool) -> dict:
     out = scratch / name
     out.mkdir()
-    runs = commands(input_path, out, fast)
+    runs = commands(input_path, out, fast, bf16)
     walls: dict[str, list[dict]] = {v: [] for v in runs}
     for round_index in range(rounds):
         order = list(runs) if round_index % 2 == 0 else list(runs)[::-1]
@@ -131,7 +144,7 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
         }
     naive = json.loads((out / "naive.json").read_text())
     variants["naive"].update(steps_s=naive["steps_s"], rows=naive["rows"])
-    for variant in ("same_work_torch", "same_work_fast", "defaults"):
+    for variant in (v for v in runs if v != "naive"):
         manifest = json.loads((out / variant / "manifest.json").read_text())
         variants[variant].update(rows=manifest["rows"], timings_s=manifest["timings_s"])
     naive_kept, torch_kept = kept_pairs_naive(out), kept_pairs_chatsieve(out / "same_work_torch")
@@ -143,6 +156,10 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
             removed_ids(out / "same_work_torch") ^ removed_ids(out / "same_work_fast")
         ),
     }
+    if "same_work_bf16" in runs:
+        agreement["removed_dedup_differing_torch_vs_bf16"] = len(
+            removed_ids(out / "same_work_torch") ^ removed_ids(out / "same_work_bf16")
+        )
     print(f"  {name}: {agreement}", flush=True)
     return {"variants": variants, "agreement": agreement}
 
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     record = {"benchmark": "end_to_end", "command": shlex.join(["python", *sys.argv]),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "load_start": loadavg(), "fast_backend": fast, "sets": {}}
+              "load_start": loadavg(), "fast_backend": fast, "bf16": cpu_has_bf16(), "sets": {}}
     scratch = Path(tempfile.mkdtemp(prefix="chatsieve-e2e-"))
     try:
         inputs = {}
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             set_started = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                            "load_start": loadavg()}
             record["sets"][name] = {"input": described, **set_started,
-                                    **measure_set(name, path, scratch, fast, args.rounds)}
+                                    **measure_set(name, path, scratch, fast, args.rounds, record["bf16"])}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     record.update(load_end=loadavg(), elapsed_s=round(time.perf_counter() - started, 1))

@@ -66,7 +66,9 @@ def end_to_end(record: dict) -> list[str]:
         lines.append(
             f"Kept by naive {a['kept_by_naive']:,}, by same_work_torch {a['kept_by_same_work_torch']:,}, by both "
             f"{a['kept_by_both']:,}; duplicate removals that differ between torch and the fast runtime: "
-            f"{a['removed_dedup_differing_torch_vs_fast']}."
+            f"{a['removed_dedup_differing_torch_vs_fast']}"
+            + (f"; between torch and same_work_bf16 (reduced precision): {a['removed_dedup_differing_torch_vs_bf16']}"
+               if "removed_dedup_differing_torch_vs_bf16" in a else "") + "."
         )
         lines.append("")
     return lines

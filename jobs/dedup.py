@@ -631,6 +631,8 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
                              "shards": index_used.shards, "gpu": index_used.gpu}
         manifest["vectors"].update(
             checkpoint="/".join(vectors.stores[0].parts), runtime=vectors.runtime, dim=dim,
+            # Anything but fp32 moves similarities (fp16 on a GPU, bf16, int8): the card says so.
+            precision=vectors.runtime.rsplit("-", 1)[-1],
             embedded=vectors.embedded, reused=vectors.embedded == 0, from_references=vectors.from_references,
             **batches.stats(),
         )

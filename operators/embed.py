@@ -54,6 +54,7 @@ from operators.embed_backends import (
     ExportedEncoder,
     ExportSettings,
     check_backend,
+    export_quantization,
     exported_model,
     require_runtime,
 )
@@ -110,7 +111,8 @@ class EmbedConfig:
     OMP_NUM_THREADS=1 in fractional-CPU actors, which halves embedding speed on 2 cores).
     `backend`: the runtime on CPU (operators/embed_backends.py): "torch", "onnx" (ONNX Runtime) or
     "openvino", exported from the same model; "auto" is torch on a GPU and CPU_BACKEND on CPU.
-    `quantize`: None (fp32) or "int8" (onnx only; lossy, see embed_backends).
+    `quantize`: None (fp32), "int8" (onnx only) or "bf16" (openvino on a CPU with bf16 units); both lossy: they
+    move similarities (docs/notes.md, "Embedding in bf16"; embed_backends).
     `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders, shared by every output).
     """
 
@@ -170,7 +172,7 @@ class EmbedConfig:
         """What actually runs on `device`, for logs, the manifest and the vectors' cache key."""
         if device == "cuda":
             return "torch-fp16"
-        return self.cpu_backend + ("-int8" if self.quantize else "-fp32")
+        return f"{self.cpu_backend}-{self.quantize or 'fp32'}"
 
 
 def _is_int(value) -> bool:
@@ -458,14 +460,16 @@ class Embed:
     def _exported_encoder(self) -> ExportedEncoder:
         config = self.config
         require_runtime(config.cpu_backend)
-        directory = exported_model(config.model, resolve_model_path(config.model), config.quantize, config.export_dir)
+        directory = exported_model(
+            config.model, resolve_model_path(config.model), export_quantization(config.quantize), config.export_dir
+        )
         settings = ExportSettings.read(directory)
         if settings.lean:
-            return ExportedEncoder.lean(directory, settings, config.cpu_backend, self.threads)
+            return ExportedEncoder.lean(directory, settings, config.cpu_backend, self.threads, config.quantize)
         # The model's preprocessing does more than its tokenizer: keep the model for it.
         logger.info("embedder %r: %s; its torch model stays loaded for preprocessing", config.model, settings.why_not_lean)
         model = load_model(config, "cpu")
-        return ExportedEncoder.with_model(model, directory, settings, config.cpu_backend, self.threads)
+        return ExportedEncoder.with_model(model, directory, settings, config.cpu_backend, self.threads, config.quantize)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for name in (schema.ID, DEDUP_TEXT):

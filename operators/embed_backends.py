@@ -47,7 +47,7 @@ from operators.embed_export import ONNX_OPSET, token_features
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "openvino")
-QUANTIZATIONS = (None, "int8")
+QUANTIZATIONS = (None, "int8", "bf16")
 ONNX_FILE = "model.onnx"
 SETTINGS_FILE = "encoder.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -62,11 +62,36 @@ def check_backend(backend: str, quantize: str | None) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"embed backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"embed quantize must be None or 'int8', got {quantize!r}")
-    if quantize and backend != "onnx":
+        raise ValueError(f"embed quantize must be None, 'int8' or 'bf16', got {quantize!r}")
+    if quantize == "int8" and backend != "onnx":
         # Measured: OpenVINO runs ONNX Runtime's dynamic-int8 graph slower than its own fp32 one, and torch
         # has no int8 path here. NNCF would quantize for OpenVINO, but it pins its own torch.
         raise ValueError(f"--embed-quantize int8 needs --embed-backend onnx (got backend {backend!r})")
+    if quantize == "bf16" and backend != "openvino":
+        # OpenVINO compiles the same fp32 graph to run in bf16 on the CPU's bf16 units (AMX, AVX512_BF16).
+        raise ValueError(f"--embed-quantize bf16 needs --embed-backend openvino (got backend {backend!r})")
+
+
+def export_quantization(quantize: str | None) -> str | None:
+    """The quantization baked into the exported graph: bf16 is a compile setting of the same fp32 graph."""
+    return "int8" if quantize == "int8" else None
+
+
+def openvino_precision(quantize: str | None, capabilities) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for `quantize` on a CPU with `capabilities`, or a ValueError.
+
+    f32 unless bf16 is asked for: on CPUs with bf16 units OpenVINO would otherwise pick bf16 by itself, which
+    moves similarities by ~1e-3 (docs/notes.md, "Embedding in bf16"). bf16 on a CPU without bf16 units is an
+    error, not a silent f32 run: the vectors' cache key and the manifest say bf16.
+    """
+    if quantize != "bf16":
+        return "f32"
+    if "BF16" not in capabilities:
+        raise ValueError(
+            "--embed-quantize bf16 needs a CPU with bf16 units (Intel AMX or AVX512_BF16); OpenVINO reports "
+            f"{', '.join(capabilities)} on this node: use --embed-quantize none"
+        )
+    return "bf16"
 
 
 def require_runtime(backend: str) -> None:
@@ -219,17 +244,18 @@ class ExportedEncoder:
     """
 
     def __init__(self, directory: Path, backend: str, threads: int, settings: ExportSettings, features, tokenizer,
-                 prompts: dict, default_prompt_name: str | None):
+                 prompts: dict, default_prompt_name: str | None, quantize: str | None = None):
         self.settings = settings
         self.backend = backend
         self.tokenizer = tokenizer
         self.prompts = prompts
         self.default_prompt_name = default_prompt_name
         self._features = features  # (texts, prompt) -> {input name: int64 array}
-        self._run = _runtime(directory / ONNX_FILE, backend, threads)
+        self._run = _runtime(directory / ONNX_FILE, backend, threads, quantize)
 
     @classmethod
-    def lean(cls, directory: Path, settings: ExportSettings, backend: str, threads: int) -> ExportedEncoder:
+    def lean(cls, directory: Path, settings: ExportSettings, backend: str, threads: int,
+             quantize: str | None = None) -> ExportedEncoder:
         """The encoder without torch: the graph and the exported Rust tokenizer (`settings.lean` exports only)."""
         if not settings.lean:
             raise ValueError(f"the export in {directory} needs the model's own preprocessing: {settings.why_not_lean}")
@@ -241,10 +267,11 @@ class ExportedEncoder:
             return token_features(encoder.encode_batch(texts), settings.inputs)
 
         tokenizer = RustTokenizer(directory / TOKENIZER_FILE, settings.max_seq_length)
-        return cls(directory, backend, threads, settings, features, tokenizer, {}, None)
+        return cls(directory, backend, threads, settings, features, tokenizer, {}, None, quantize)
 
     @classmethod
-    def with_model(cls, model, directory: Path, settings: ExportSettings, backend: str, threads: int) -> ExportedEncoder:
+    def with_model(cls, model, directory: Path, settings: ExportSettings, backend: str, threads: int,
+                   quantize: str | None = None) -> ExportedEncoder:
         """The encoder over a loaded SentenceTransformer's own preprocessing."""
 
         def features(texts, prompt):
@@ -252,7 +279,7 @@ class ExportedEncoder:
             return {name: tensors[name].numpy().astype(np.int64) for name in settings.inputs}
 
         return cls(directory, backend, threads, settings, features, model.tokenizer, model.prompts,
-                   model.default_prompt_name)
+                   model.default_prompt_name, quantize)
 
     @property
     def max_seq_length(self):
@@ -279,8 +306,8 @@ class ExportedEncoder:
         return out
 
 
-def _runtime(onnx_path: Path, backend: str, threads: int):
-    """feeds -> the graph's sentence embeddings, on `backend`."""
+def _runtime(onnx_path: Path, backend: str, threads: int, quantize: str | None = None):
+    """feeds -> the graph's sentence embeddings, on `backend` (in bf16 with quantize="bf16": openvino only)."""
     if backend == "onnx":
         import onnxruntime
 
@@ -292,20 +319,20 @@ def _runtime(onnx_path: Path, backend: str, threads: int):
     if backend == "openvino":
         import openvino
 
-        # f32 explicitly: on CPUs with bf16 units OpenVINO may otherwise pick bf16, which moves
-        # similarities by ~1e-3 (docs/notes.md), enough to flip decisions at 0.95.
         # No pinning of threads to cores: several actors (and other work) share a node's cores, and a
         # pinned thread waits for its core even when another is idle (measured ~10% slower unpinned
         # on a quiet machine, much faster pinned-free under contention).
         # A runtime cache of 64 shapes, not 5,000: OpenVINO keeps memory for each input shape it has run, and
         # sequence lengths vary batch to batch. Measured on 2,000 real answers: 63 MB less at the same speed,
         # vectors bitwise equal (docs/notes.md, "The embedding actor's memory").
+        core = openvino.Core()
+        precision = openvino_precision(quantize, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         settings = {
             "INFERENCE_NUM_THREADS": threads,
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": precision,
             "ENABLE_CPU_PINNING": False,
             "CPU_RUNTIME_CACHE_CAPACITY": OPENVINO_SHAPE_CACHE,
         }
-        compiled = openvino.Core().compile_model(str(onnx_path), "CPU", settings)
+        compiled = core.compile_model(str(onnx_path), "CPU", settings)
         return lambda feeds: compiled(feeds)[0]
     raise ValueError(f"no exported runtime for backend {backend!r}")

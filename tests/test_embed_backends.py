@@ -32,6 +32,7 @@ from operators.embed_backends import (
     ExportSettings,
     RustTokenizer,
     export_key,
+    openvino_precision,
 )
 
 TEXTS = [
@@ -111,12 +112,45 @@ def test_int8_is_a_different_lossy_export(exports, torch_result):
     assert len(files) >= 2 and files[0].stat().st_size < 0.75 * files[-1].stat().st_size
 
 
+def cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AMX or AVX512_BF16)")
+def test_bf16_runs_the_fp32_export_in_bf16(exports, torch_result):
+    fp32 = Embed(EmbedConfig(device="cpu", threads=2, backend="openvino", export_dir=exports))
+    fp32_vectors = run(fp32)[0]
+    onnx_files = set(Path(exports).glob(f"*/{ONNX_FILE}"))
+    stage = Embed(EmbedConfig(device="cpu", threads=2, backend="openvino", quantize="bf16", export_dir=exports))
+    vectors, windows, _ = run(stage)
+    assert set(Path(exports).glob(f"*/{ONNX_FILE}")) == onnx_files  # the same graph, compiled to bf16
+    gaps = 1 - np.sum(vectors * torch_result[0], axis=1)
+    assert gaps.max() > 1e-6  # really bf16: fp32 runtimes agree within 2.4e-7
+    assert gaps.max() < 5e-3  # still the same model
+    assert np.abs(1 - np.sum(fp32_vectors * torch_result[0], axis=1)).max() < 1e-6
+    assert windows == torch_result[1]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+
+
+def test_openvino_precision_is_f32_unless_bf16_is_asked_and_the_cpu_has_it():
+    assert openvino_precision(None, ["FP32", "BF16"]) == "f32"  # never OpenVINO's own bf16 pick
+    assert openvino_precision("bf16", ["FP32", "BF16", "INT8"]) == "bf16"
+    with pytest.raises(ValueError, match="needs a CPU with bf16 units"):
+        openvino_precision("bf16", ["FP32", "FP16", "INT8"])
+
+
 def test_default_cpu_runtime_and_refusals():
     assert EmbedConfig().cpu_backend == CPU_BACKEND
     assert EmbedConfig().runtime("cuda") == "torch-fp16"
     assert EmbedConfig(backend="onnx", quantize="int8").runtime("cpu") == "onnx-int8"
     with pytest.raises(ValueError, match="needs --embed-backend onnx"):
         EmbedConfig(backend="openvino", quantize="int8")
+    assert EmbedConfig(backend="openvino", quantize="bf16").runtime("cpu") == "openvino-bf16"
+    for backend in ("onnx", "torch"):
+        with pytest.raises(ValueError, match="needs --embed-backend openvino"):
+            EmbedConfig(backend=backend, quantize="bf16")
     with pytest.raises(ValueError, match="runs on CPU"):
         EmbedConfig(backend="onnx", device="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -134,6 +168,8 @@ def parse(*argv: str) -> PrepareConfig:
 def test_flags_reach_the_config():
     config = parse("--embed-backend", "onnx", "--embed-quantize", "int8")
     assert (config.embed.backend, config.embed.quantize) == ("onnx", "int8")
+    config = parse("--embed-backend", "openvino", "--embed-quantize", "bf16")
+    assert (config.embed.backend, config.embed.quantize) == ("openvino", "bf16")
     config = parse("--embed-backend", "torch", "--embed-quantize", "none")
     assert (config.embed.backend, config.embed.quantize) == ("torch", None)
     assert PrepareConfig.from_dict(config.to_dict()).embed == config.embed
@@ -147,8 +183,8 @@ def test_vectors_cache_key_names_the_runtime_that_runs():
         return settings_key(embed, embed.runtime(device))
 
     cpu = {key("cpu", backend, quantize) for backend, quantize in
-           (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None))}
-    assert len(cpu) == 4
+           (("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "bf16"))}
+    assert len(cpu) == 5
     # On a GPU every CPU backend choice runs torch fp16: one key, and not a CPU run's key.
     gpu = {key("cuda", backend, quantize) for backend, quantize in
            (("auto", None), ("torch", None), ("onnx", None), ("openvino", None))}

@@ -416,6 +416,18 @@ def test_card_front_matter_points_at_the_data_and_the_body_says_how_to_train(bui
     assert "| near_dedup | 105 | near_duplicate 45 | 60 |" in body
 
 
+def test_card_names_the_embedding_runtime_and_says_when_it_is_not_fp32(tmp_path):
+    manifest = load_manifest(make_output(tmp_path / "out"))
+    vectors = manifest["dedup"]["vectors"]
+    vectors.update(runtime="openvino-fp32", precision="fp32")
+    card = render_card(manifest)
+    assert "Embedding runtime: `openvino-fp32`." in card and "reduced precision" not in card
+    vectors.update(runtime="openvino-bf16", precision="bf16")
+    card = render_card(manifest)
+    assert "Embedding runtime: `openvino-bf16`: reduced precision (bf16)" in card
+    assert "may be decided differently" in card
+
+
 def test_card_without_dedup_and_with_awkward_names_still_parses(tmp_path):
     manifest = load_manifest(make_output(tmp_path / "out", dedup=False))
     manifest["config"]["tokenizer"]["name_or_path"] = 'my: "odd" tok\nenizer'
