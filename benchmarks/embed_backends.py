@@ -1,7 +1,8 @@
-"""CPU embedding runtimes: speed and fidelity of onnx / openvino (fp32) and onnx int8 against fp32 torch.
+"""CPU embedding runtimes: speed and fidelity of onnx / openvino (fp32), onnx int8 and openvino bf16 against fp32 torch.
 
     python benchmarks/embed_backends.py                      # real answers (when ../shared/data exists) + 5,000 generated
     python benchmarks/embed_backends.py --real-rows 300 --generated-rows 1000 --out /tmp/backends.json   # quick
+    python benchmarks/embed_backends.py --variants torch openvino openvino_bf16                 # some runtimes
 
 Texts: the distinct assistant answers of the end-to-end inputs (benchmarks/inputs.py: 3,000 real rows, the
 first exchange of a 5,000-row generated sample): what `--turns first --dedup-on assistant` embeds.
@@ -9,14 +10,16 @@ first exchange of a 5,000-row generated sample): what `--turns first --dedup-on 
 Each variant is the embedding stage itself, `operators.embed.Embed(EmbedConfig(device="cpu", threads=2,
 backend=..., quantize=..., max_tokens=256))`, called on batches of 1,024 rows as one actor does, warm (model
 loaded, export cached, one small batch embedded first); the export itself is timed separately. Variants are
-interleaved (A B C D, then D C B A for the next round). Speed: rows/s, wall and process CPU time, ratio
+interleaved (A B C D, then D C B A for the next round). openvino_bf16 runs only on CPUs with bf16 units
+(AMX, AVX512_BF16: OpenVINO's OPTIMIZATION_CAPABILITIES has BF16). Speed: rows/s, wall and process CPU time, ratio
 torch time / variant time (> 1: faster than torch).
 
 Fidelity, against the torch vectors of the same rows: max 1 - cos(v_backend, v_torch) per row, and over all
 pairs whose similarity is >= 0.85 under either runtime, the max |delta cosine| (pair similarities as the
 index computes them, `operators.index.pair_similarity`). Decisions: the rows removed at threshold 0.95 under
 the keep rules `none` (every row with a near-duplicate goes) and `first` (greedy, in input order), and how
-many of them differ from torch's. A runtime may become the CPU default only with zero changed decisions.
+many of them differ from torch's. A runtime may become the CPU default only with zero changed decisions, and
+never a reduced-precision one (int8, bf16): zero changes on these texts does not make it exact.
 
 No timing asserts; the load average at start and end is recorded with the numbers.
 """
@@ -46,6 +49,7 @@ VARIANTS = {  # name: (backend, quantize)
     "onnx": ("onnx", None),
     "openvino": ("openvino", None),
     "onnx_int8": ("onnx", "int8"),
+    "openvino_bf16": ("openvino", "bf16"),
 }
 RAY_BATCH = 1024
 THRESHOLD = 0.95
@@ -110,21 +114,27 @@ def fidelity(reference: np.ndarray, vectors: np.ndarray) -> dict:
     }
 
 
-def measure(name: str, texts: list[str], rounds: int, cache: str) -> dict:
+def cpu_has_bf16() -> bool:
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def measure(name: str, texts: list[str], rounds: int, cache: str, variants: dict) -> dict:
     from operators.embed import Embed, EmbedConfig
 
     stages, export_s = {}, {}
-    for variant, (backend, quantize) in VARIANTS.items():
+    for variant, (backend, quantize) in variants.items():
         start = time.perf_counter()
         config = EmbedConfig(device="cpu", threads=2, backend=backend, quantize=quantize, max_tokens=256,
                              export_dir=cache)
         stages[variant] = Embed(config)
         export_s[variant] = round(time.perf_counter() - start, 2)
         embed_all(stages[variant], texts[:16])  # warm
-    times = {v: [] for v in VARIANTS}
-    cpu = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
     vectors = {}
-    order = list(VARIANTS)
+    order = list(variants)
     for round_index in range(rounds):
         for variant in order if round_index % 2 == 0 else order[::-1]:
             wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -147,9 +157,11 @@ def measure(name: str, texts: list[str], rounds: int, cache: str) -> dict:
 
 
 def fastest_safe(results: dict) -> str:
-    """The fastest variant (by total wall time over every text set) that changed no decision anywhere."""
+    """The fastest full-precision variant (total wall time over every text set) that changed no decision anywhere."""
     safe = {}
-    for variant in VARIANTS:
+    for variant in next(iter(results.values()))["variants"]:
+        if VARIANTS[variant][1]:
+            continue  # reduced precision: never a default
         per_set = [r["variants"][variant] for r in results.values()]
         if all(sum(v["fidelity_vs_torch"]["changed_decisions"].values()) == 0 for v in per_set):
             safe[variant] = sum(sum(v["wall_s"]) for v in per_set)
@@ -161,8 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--real-rows", type=int, default=3000)
     parser.add_argument("--generated-rows", type=int, default=5000, help="generated sample rows (default 5000)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="runtimes to measure (torch, the reference, always runs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "embed_backends.json")
     args = parser.parse_args(argv)
+    variants = {v: VARIANTS[v] for v in VARIANTS if v == "torch" or v in args.variants}
+    if "openvino_bf16" in variants and not cpu_has_bf16():
+        print("this CPU has no bf16 units: openvino_bf16 left out", flush=True)
+        del variants["openvino_bf16"]
     started = dt.datetime.now(dt.timezone.utc)
     record = {"benchmark": "embed_backends", "command": shlex.join(["python", *sys.argv]),
               "date": started.isoformat(timespec="seconds"), "machine": machine(), "load_start": loadavg()}
@@ -173,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             sets["real"] = answers(Path(scratch, "real.jsonl"))
         generated_sharegpt(Path(scratch, "generated.jsonl"), args.generated_rows)
         sets["generated"] = answers(Path(scratch, "generated.jsonl"))
-        record["sets"] = {name: measure(name, texts, args.rounds, str(Path(scratch, "exports")))
+        record["sets"] = {name: measure(name, texts, args.rounds, str(Path(scratch, "exports")), variants)
                           for name, texts in sets.items()}
     record["fastest_without_decision_changes"] = fastest_safe(record["sets"])
     record.update(load_end=loadavg(), peak_rss_mb=peak_rss_mb(),

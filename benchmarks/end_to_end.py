@@ -15,6 +15,7 @@ below and then (with --rounds 2) in the reverse order:
                     in benchmarks/results/embed_backends.json, else openvino)
   same_work_bf16    the same with --embed-backend openvino --embed-quantize bf16, on CPUs with bf16 units (AMX,
                     AVX512_BF16) only: lossy, so its removals are compared with torch's
+  same_work_prefilter  the same with --embed-prefilter bf16 (bf16 CPUs only): bf16 search, pairs confirmed in fp32
   defaults          chatsieve prepare with its defaults (every turn compared, keep the first of each group,
                     512-piece windows, the default CPU runtime): more work than the naive script.
 chatsieve runs with RAY_ADDRESS=local: a fresh local Ray started by the job (its start-up is in the time).
@@ -23,7 +24,8 @@ Recorded per variant: wall time of the whole process (imports, model loading and
 peak RSS of its process tree (sampled every 0.5 s from /proc, Ray's workers included), rows kept, and the
 ratio naive wall / variant wall (> 1: faster than naive). Agreement: rows the naive script kept vs rows
 same_work_torch kept (by the (prompt, answer) pair), and removed rows that differ between same_work_torch and
-same_work_fast (the runtimes must agree) and same_work_bf16 (reduced precision: may differ).
+same_work_fast (the runtimes must agree), same_work_bf16 (reduced precision: may differ) and
+same_work_prefilter (fp32 decisions, if the margin holds).
 
 No timing asserts; the load average is recorded with every run.
 """
@@ -77,10 +79,12 @@ def commands(input_path: Path, out: Path, fast: str, bf16: bool) -> dict[str, li
         "same_work_fast": [*prepare, "--output", str(out / "same_work_fast"), *SAME_WORK, "--embed-backend", fast],
         "same_work_bf16": [*prepare, "--output", str(out / "same_work_bf16"), *SAME_WORK,
                            "--embed-backend", "openvino", "--embed-quantize", "bf16"],
+        "same_work_prefilter": [*prepare, "--output", str(out / "same_work_prefilter"), *SAME_WORK,
+                                "--embed-prefilter", "bf16"],
         "defaults": [*prepare, "--output", str(out / "defaults")],
     }
     if not bf16:
-        del runs["same_work_bf16"]
+        del runs["same_work_bf16"], runs["same_work_prefilter"]
     return runs
 
 
@@ -147,6 +151,8 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
     for variant in (v for v in runs if v != "naive"):
         manifest = json.loads((out / variant / "manifest.json").read_text())
         variants[variant].update(rows=manifest["rows"], timings_s=manifest["timings_s"])
+        if (manifest.get("dedup") or {}).get("prefilter"):
+            variants[variant]["prefilter"] = manifest["dedup"]["prefilter"]
     naive_kept, torch_kept = kept_pairs_naive(out), kept_pairs_chatsieve(out / "same_work_torch")
     agreement = {
         "kept_by_naive": len(naive_kept),
@@ -156,10 +162,11 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
             removed_ids(out / "same_work_torch") ^ removed_ids(out / "same_work_fast")
         ),
     }
-    if "same_work_bf16" in runs:
-        agreement["removed_dedup_differing_torch_vs_bf16"] = len(
-            removed_ids(out / "same_work_torch") ^ removed_ids(out / "same_work_bf16")
-        )
+    for variant in ("same_work_bf16", "same_work_prefilter"):
+        if variant in runs:
+            agreement[f"removed_dedup_differing_torch_vs_{variant.removeprefix('same_work_')}"] = len(
+                removed_ids(out / "same_work_torch") ^ removed_ids(out / variant)
+            )
     print(f"  {name}: {agreement}", flush=True)
     return {"variants": variants, "agreement": agreement}
 

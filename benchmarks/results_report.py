@@ -62,20 +62,32 @@ def end_to_end(record: dict) -> list[str]:
             lines.append("same_work_fast's process tree at its RSS peak (MB, largest first): " + ", ".join(
                 f"{entry['process']} {entry['rss_mb']:.0f}" for entry in breakdown) + ".")
             lines.append("")
+        prefilter = data["variants"].get("same_work_prefilter", {}).get("prefilter")
+        if prefilter:
+            lines.append(
+                f"same_work_prefilter: {prefilter['texts_confirmed']:,} of {prefilter['texts']:,} texts embedded again "
+                f"in fp32 ({prefilter['pairs_found']:,} pairs found down to {prefilter['floor']}, "
+                f"{prefilter['pairs_recorded']:,} recorded); largest similarity move bf16 -> fp32 "
+                f"{prefilter['max_similarity_moved']:.4f} (margin {prefilter['margin']}).")
+            lines.append("")
         a = data["agreement"]
         lines.append(
             f"Kept by naive {a['kept_by_naive']:,}, by same_work_torch {a['kept_by_same_work_torch']:,}, by both "
             f"{a['kept_by_both']:,}; duplicate removals that differ between torch and the fast runtime: "
             f"{a['removed_dedup_differing_torch_vs_fast']}"
             + (f"; between torch and same_work_bf16 (reduced precision): {a['removed_dedup_differing_torch_vs_bf16']}"
-               if "removed_dedup_differing_torch_vs_bf16" in a else "") + "."
+               if "removed_dedup_differing_torch_vs_bf16" in a else "")
+            + (f"; between torch and same_work_prefilter (bf16 search, fp32 pairs): "
+               f"{a['removed_dedup_differing_torch_vs_prefilter']}"
+               if "removed_dedup_differing_torch_vs_prefilter" in a else "") + "."
         )
         lines.append("")
     return lines
 
 
-def embed_backends(record: dict) -> list[str]:
-    lines = ["## CPU embedding runtimes vs fp32 torch (the embedding stage, in process)", ""] + _provenance(record)
+def embed_backends(record: dict, title: str = "CPU embedding runtimes vs fp32 torch (the embedding stage, in process)",
+                   ) -> list[str]:
+    lines = [f"## {title}", ""] + _provenance(record)
     for name, data in record["sets"].items():
         rows = []
         for variant, v in data["variants"].items():
@@ -87,8 +99,13 @@ def embed_backends(record: dict) -> list[str]:
         lines.append("")
         lines += _table(["runtime", "rows/s", "speed vs torch (wall)", "(CPU time)", "max 1 - cos",
                          "max abs Δcos (pairs >= 0.85)", "decisions changed at 0.95 (keep none / first)"], rows)
-    lines += [f"Fastest runtime that changed no decision: **{record['fastest_without_decision_changes']}**.", ""]
-    return lines
+    lines += [f"Fastest full-precision runtime that changed no decision: "
+              f"**{record['fastest_without_decision_changes']}**.", ""]
+    return lines + [f"Note: {note}" for note in record.get("notes", [])] + [""] * bool(record.get("notes"))
+
+
+def embed_bf16(record: dict) -> list[str]:
+    return embed_backends(record, "Embedding in bf16 (OpenVINO, a CPU with AMX) vs fp32 (the stage, in process)")
 
 
 def _ratio_rows(sets: dict, key: str, extra=None) -> list[list]:
@@ -432,6 +449,7 @@ SECTIONS = (
     ("many_files_scale", many_files_scale),
     ("gpu_check", gpu_check),
     ("embed_backends", embed_backends),
+    ("embed_bf16", embed_bf16),
     ("int8_prefilter", int8_prefilter),
     ("tokenize_stage", tokenize_stage),
     ("embed_stage", embed_stage),

@@ -311,6 +311,14 @@ OPTIONS: tuple[Option, ...] = (
            "--embed-backend openvino, on a CPU with AMX or AVX512_BF16): ~2.4x faster, moves similarities by up to "
            "~0.005; none is fp32 (default: none)",
            choices=("none", "int8", "bf16"), convert=lambda v: None if v in (None, "none") else v),
+    Option("embed_prefilter", "embed", "prefilter",
+           "embed every text first in bf16 (OpenVINO, CPUs with AMX or AVX512_BF16) or int8 (ONNX Runtime), "
+           "search those vectors a margin below the record threshold, and embed only the texts of the pairs found "
+           "again in full precision: every recorded similarity and decision is a full-precision one (default: none)",
+           choices=("none", "bf16", "int8"), convert=lambda v: None if v in (None, "none") else v),
+    Option("embed_prefilter_margin", "embed", "prefilter_margin",
+           "how far below the record threshold the prefilter searches (default: 0.02 for bf16, 0.2 for int8)",
+           type=float),
     Option("index", "index", "kind",
            "auto (default: flat up to --index-flat-max-rows rows or on a GPU, ivf above), flat (exact) or ivf "
            "(approximate, much faster at scale; its recall is measured and recorded)", choices=("auto", "flat", "ivf")),

@@ -211,10 +211,11 @@ class Vectors:
     lookup: HashLookup  # the representatives' text hashes, built once for the stored check and every index read
 
 
-def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -> Vectors:
-    """Make sure the stores hold a vector for every representative's text, embedding only the missing ones
-    (jobs/vectors.py): a rerun after a crash, or after adding rows, embeds only what no run finished, and an
-    earlier output given as --against lends its vectors."""
+def ensure_vectors(config, output: Output, plan: CandidatePlan, references=(), only: np.ndarray | None = None,
+                   stage: str = "embed") -> Vectors:
+    """Make sure the stores hold a vector for every representative's text (or those `only` marks), embedding
+    only the missing ones (jobs/vectors.py): a rerun after a crash, or after adding rows, embeds only what no
+    run finished, and an earlier output given as --against lends its vectors."""
     from jobs.references import reference_stores
 
     # Planned first: the device decides the runtime, and the runtime is part of the key.
@@ -236,9 +237,11 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     stored = own.copy()
     for other in stores[1:]:
         stored |= other.stored_in(lookup)
+    if only is not None:
+        stored |= ~only  # what is not wanted counts as stored
     from_references = int(np.sum(stored & ~own))
     to_embed = plan.rep_ids.filter(pa.array(~stored))
-    logger.info("vectors: %d of %d texts already stored (%d in references), %d to embed",
+    logger.info("vectors (%s): %d of %d texts already stored (%d in references), %d to embed", runtime,
                 len(lookup) - len(to_embed), len(lookup), from_references, len(to_embed))
     if not len(to_embed):
         return Vectors(stores, runtime, 0, from_references, lookup)
@@ -246,7 +249,7 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=()) -
     logger.info("embed: %s, %s", embed_plan, runtime)
     ds = read_candidates(output, [schema.ID, TEXT_SHA1, DEDUP_TEXT])
     ds = ds.map_batches(_only_ids, fn_args=(to_embed,), batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
-    embedded = embed_into(store, ds, config, embed_config, embed_plan, len(to_embed))
+    embedded = embed_into(store, ds, config, embed_config, embed_plan, len(to_embed), stage)
     still_missing = int(np.sum(~(stored | store.stored_in(lookup))))
     if embedded < len(to_embed) or still_missing:
         raise RuntimeError(
@@ -340,8 +343,63 @@ def measure_recall(batches: VectorBatches, neighbors: Neighbors, m: int, record_
     return {"sample_rows": len(sample), "exact_pairs": len(truth), "found_pairs": len(truth & found), "recall": recall}
 
 
-def search(config, batches: VectorBatches, m: int, dim: int) -> tuple[Neighbors, IndexConfig]:
-    """The cross-shard search over the representatives; and the index config it ran with (`auto` decided)."""
+def similarities_of_pairs(batches: VectorBatches, ranks: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`pair_similarity` of the pairs (a, b) from the stored vectors; `ranks`: every rank a and b name, sorted.
+
+    Run as a Ray task (confirm_pairs): it holds the vectors of those ranks, which the driver never does."""
+    vectors = None
+    for batch_ranks, batch in batches():
+        hit = np.isin(batch_ranks, ranks)
+        if vectors is None:
+            vectors = np.full((len(ranks), batch.shape[1]), np.nan, np.float32)
+        vectors[np.searchsorted(ranks, batch_ranks[hit])] = batch[hit]
+    if vectors is None or np.isnan(vectors[:, 0]).any():
+        raise RuntimeError("the confirmation pass found no stored vector for some texts of the pairs")
+    sims = np.empty(len(a), np.float32)
+    for start in range(0, len(a), SEARCH_BATCH):
+        part = slice(start, start + SEARCH_BATCH)
+        sims[part] = pair_similarity(vectors[np.searchsorted(ranks, a[part])], vectors[np.searchsorted(ranks, b[part])])
+    return sims
+
+
+def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors, references=()) -> tuple[Neighbors, dict]:
+    """--embed-prefilter's second pass: the texts of every pair the reduced-precision search found are embedded in
+    full precision, and the pairs keep their full-precision similarity, down to the record threshold.
+
+    The decisions are those of a full-precision run whenever no pair's similarity moved by more than the margin
+    between the two precisions (docs/notes.md, "Embedding in bf16"): the manifest records the largest move seen.
+    A row in no pair keeps its prefilter best neighbour (below the prefilter's floor, far from any decision)."""
+    embed, recorded = config.embed, config.dedup.recorded
+    ranks = np.unique(np.concatenate([found.pairs_a, found.pairs_b]))
+    wanted = np.zeros(plan.m, bool)
+    wanted[ranks] = True
+    vectors = ensure_vectors(config, output, plan, references, only=wanted, stage="confirm")
+    sims = np.empty(0, np.float32)
+    if len(ranks):
+        task = ray.remote(similarities_of_pairs).options(num_cpus=IO_TASK_CPUS)
+        sims = ray.get(task.remote(VectorBatches(vectors.stores, vectors.lookup), ranks, found.pairs_a, found.pairs_b))
+    moved = np.abs(sims.astype(np.float64) - found.pairs_sim)
+    keep = sims >= np.float32(recorded)
+    best_rank, best_sim = found.best_rank.copy(), found.best_sim.copy()
+    both_ways = np.concatenate([found.pairs_a, found.pairs_b]), np.concatenate([found.pairs_b, found.pairs_a])
+    top, top_sim = best_per_row(*both_ways, np.concatenate([sims, sims]), plan.m)
+    best_rank[ranks], best_sim[ranks] = top[ranks], top_sim[ranks]
+    summary = {
+        "precision": embed.prefilter, "runtime": embed.prefilter_pass().runtime("cpu"), "margin": embed.margin,
+        "floor": round(recorded - embed.margin, 6), "pairs_found": len(sims), "texts": plan.m,
+        "texts_confirmed": len(ranks), "embedded": vectors.embedded, "pairs_recorded": int(keep.sum()),
+        "max_similarity_moved": float(moved.max()) if len(moved) else 0.0,
+    }
+    if summary["max_similarity_moved"] > embed.margin / 2:
+        logger.warning("the %s prefilter moved a pair's similarity by %.4f, over half its margin %.3f: raise "
+                       "--embed-prefilter-margin", embed.prefilter, summary["max_similarity_moved"], embed.margin)
+    neighbors = Neighbors(found.pairs_a[keep], found.pairs_b[keep], sims[keep], best_rank, best_sim, found.researched)
+    return neighbors, summary
+
+
+def search(config, batches: VectorBatches, m: int, dim: int, floor: float) -> tuple[Neighbors, IndexConfig]:
+    """The cross-shard search over the representatives for pairs >= `floor`; and the index config it ran with
+    (`auto` decided)."""
     cluster = ray.cluster_resources()
     gpu_available = cluster.get("GPU", 0) > 0 and config.index.kind in ("flat", "auto") and _faiss_has_gpu()
     index_config = config.index.resolved(m, gpu_available)
@@ -354,7 +412,7 @@ def search(config, batches: VectorBatches, m: int, dim: int) -> tuple[Neighbors,
     display = progress.current()
     with display.stage("search", total=m, unit="rows"):
         neighbors = search_with_ray(
-            batches, m, dim, index_config, config.dedup.recorded, options, on_progress=display.advance
+            batches, m, dim, index_config, floor, options, on_progress=display.advance
         )
     return neighbors, index_config
 
@@ -612,8 +670,13 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         del keys  # the plan holds what the rest needs (a copy, in priority order)
     m = plan.m
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
+    prefilter = config.embed.prefilter
+    # With --embed-prefilter the first pass embeds and searches in reduced precision, down to a margin below the
+    # record threshold; confirm_pairs then gives every pair found its full-precision similarity.
+    first = dataclasses.replace(config, embed=config.embed.prefilter_pass()) if prefilter else config
+    floor = config.dedup.recorded - config.embed.margin if prefilter else config.dedup.recorded
     with timings.stage("embed"):
-        vectors = ensure_vectors(config, output, plan, references) if m else None
+        vectors = ensure_vectors(first, output, plan, references) if m else None
     manifest: dict = {
         "vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0},
         "boilerplate": boilerplate_summary,
@@ -626,7 +689,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         batches = VectorBatches(vectors.stores, vectors.lookup)
         dim = next(d for d in (store.dimension() for store in vectors.stores) if d is not None)
         with timings.stage("index_search"):
-            neighbors, index_used = search(config, batches, m, dim)
+            neighbors, index_used = search(config, batches, m, dim, floor)
         manifest["index"] = {"kind": index_used.kind, "chosen_by_auto": config.index.kind == "auto",
                              "shards": index_used.shards, "gpu": index_used.gpu}
         manifest["vectors"].update(
@@ -638,7 +701,13 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         )
         if index_used.kind == "ivf":
             with timings.stage("ivf_recall"):
-                manifest["ivf_recall"] = measure_recall(batches, neighbors, m, config.dedup.recorded)
+                manifest["ivf_recall"] = measure_recall(batches, neighbors, m, floor)
+        if prefilter:
+            with timings.stage("confirm"):
+                neighbors, manifest["prefilter"] = confirm_pairs(config, output, plan, neighbors, references)
+            # What the recorded similarities come from: the full-precision runtime.
+            runtime = config.embed.runtime("cpu")
+            manifest["vectors"].update(runtime=runtime, precision=runtime.rsplit("-", 1)[-1])
     else:
         empty = np.empty(0, np.int64)
         neighbors = Neighbors(empty, empty, np.empty(0, np.float32), empty, np.empty(0, np.float32), 0)

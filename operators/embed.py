@@ -36,6 +36,7 @@ similarities has not been measured yet: no GPU where this was written).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -83,6 +84,11 @@ CPU_BATCH_OTHER = 32
 # `windows` is int16 and a window holds at least one word piece, so this bound keeps it from overflowing
 # for any embedder; it is 64x the default and far beyond what a dedup text needs.
 MAX_TOKENS_LIMIT = 32767
+# --embed-prefilter: the reduced-precision runtime of the first pass, and the margin below the record threshold
+# it searches down to. Each margin is about 4x the largest |delta cosine| measured against fp32 on real and
+# generated answers (docs/notes.md, "Embedding in bf16"; int8: benchmarks/RESULTS.md, "An int8 prefilter").
+PREFILTER_BACKEND = {"bf16": "openvino", "int8": "onnx"}
+PREFILTER_MARGIN = {"bf16": 0.02, "int8": 0.2}
 # Long texts are tokenized on a prefix of this many characters per word piece needed first. Measured on
 # the shared real data with MiniLM's tokenizer: 4.8 characters per piece in English answers, 3.1 in code,
 # 1.15 in Chinese, at most 6.5 in any row over 50 pieces; so 12 covers max_tokens + 1 pieces almost always,
@@ -114,6 +120,10 @@ class EmbedConfig:
     `quantize`: None (fp32), "int8" (onnx only) or "bf16" (openvino on a CPU with bf16 units); both lossy: they
     move similarities (docs/notes.md, "Embedding in bf16"; embed_backends).
     `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders, shared by every output).
+    `prefilter`: None, "bf16" or "int8": every text is first embedded in that precision (OpenVINO bf16, ONNX
+    Runtime int8), the index searches those vectors down to `prefilter_margin` below the record threshold, and
+    only the texts of the pairs found are embedded again in full precision, which gives every recorded
+    similarity (jobs/dedup.py, `confirm_pairs`). `prefilter_margin`: None is PREFILTER_MARGIN's.
     """
 
     model: str = BUILTIN_EMBEDDER
@@ -124,6 +134,8 @@ class EmbedConfig:
     backend: str = "auto"
     quantize: str | None = None
     export_dir: str | None = None
+    prefilter: str | None = None
+    prefilter_margin: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -156,6 +168,35 @@ class EmbedConfig:
         check_backend(self.cpu_backend, self.quantize)
         if self.device == "cuda" and self.backend not in ("auto", "torch"):
             raise ValueError(f"embed backend {self.backend!r} runs on CPU; on a GPU the model runs in torch fp16")
+        self._check_prefilter()
+
+    def _check_prefilter(self) -> None:
+        if self.prefilter is None:
+            if self.prefilter_margin is not None:
+                raise ValueError("--embed-prefilter-margin needs --embed-prefilter bf16 or int8")
+            return
+        if self.prefilter not in PREFILTER_BACKEND:
+            raise ValueError(f"embed prefilter must be None, 'bf16' or 'int8', got {self.prefilter!r}")
+        if self.quantize:
+            raise ValueError(
+                "--embed-prefilter confirms every pair in full precision: drop --embed-quantize "
+                f"{self.quantize} (or drop the prefilter to embed everything in {self.quantize})"
+            )
+        if self.device == "cuda":
+            raise ValueError("--embed-prefilter is for CPU runs; on a GPU the model runs in torch fp16")
+        margin = self.margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 < margin <= 0.5:
+            raise ValueError(f"--embed-prefilter-margin is a cosine difference in (0, 0.5], got {margin!r}")
+
+    @property
+    def margin(self) -> float:
+        """How far below the record threshold the prefilter pass searches."""
+        return PREFILTER_MARGIN[self.prefilter] if self.prefilter_margin is None else self.prefilter_margin
+
+    def prefilter_pass(self) -> EmbedConfig:
+        """The config of the reduced-precision first pass: its runtime, quantized, with the same model and window."""
+        return dataclasses.replace(self, backend=PREFILTER_BACKEND[self.prefilter], quantize=self.prefilter,
+                                   prefilter=None, prefilter_margin=None)
 
     @property
     def cpu_backend(self) -> str:

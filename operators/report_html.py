@@ -241,4 +241,5 @@ def render_card(manifest: dict) -> str:
         boilerplate=(manifest.get("dedup") or {}).get("boilerplate"),
         index_kind=((manifest.get("dedup") or {}).get("index") or {}).get("kind", config["index"]["kind"]),
         vectors=(manifest.get("dedup") or {}).get("vectors") or {},
+        prefilter=(manifest.get("dedup") or {}).get("prefilter"),
     )

@@ -159,6 +159,27 @@ def test_default_cpu_runtime_and_refusals():
         EmbedConfig(backend="onnx", quantize="int4")
 
 
+def test_prefilter_pass_is_the_reduced_precision_runtime_of_the_same_model():
+    config = EmbedConfig(prefilter="bf16", max_tokens=256)
+    first = config.prefilter_pass()
+    assert (first.backend, first.quantize, first.prefilter, first.max_tokens) == ("openvino", "bf16", None, 256)
+    assert first.runtime("cpu") == "openvino-bf16" and config.runtime("cpu") == f"{CPU_BACKEND}-fp32"
+    assert config.margin == 0.02
+    int8 = EmbedConfig(backend="torch", prefilter="int8", prefilter_margin=0.1)
+    assert int8.prefilter_pass().runtime("cpu") == "onnx-int8" and int8.runtime("cpu") == "torch-fp32"
+    assert int8.margin == 0.1
+    with pytest.raises(ValueError, match="drop --embed-quantize"):
+        EmbedConfig(backend="onnx", quantize="int8", prefilter="int8")
+    with pytest.raises(ValueError, match="needs --embed-prefilter"):
+        EmbedConfig(prefilter_margin=0.05)
+    with pytest.raises(ValueError, match="in \\(0, 0.5\\]"):
+        EmbedConfig(prefilter="bf16", prefilter_margin=0.0)
+    with pytest.raises(ValueError, match="for CPU runs"):
+        EmbedConfig(prefilter="bf16", device="cuda")
+    with pytest.raises(ValueError, match="prefilter must be"):
+        EmbedConfig(prefilter="fp16")
+
+
 def parse(*argv: str) -> PrepareConfig:
     parser = argparse.ArgumentParser()
     add_prepare_arguments(parser)
@@ -170,6 +191,8 @@ def test_flags_reach_the_config():
     assert (config.embed.backend, config.embed.quantize) == ("onnx", "int8")
     config = parse("--embed-backend", "openvino", "--embed-quantize", "bf16")
     assert (config.embed.backend, config.embed.quantize) == ("openvino", "bf16")
+    config = parse("--embed-prefilter", "bf16", "--embed-prefilter-margin", "0.03")
+    assert (config.embed.prefilter, config.embed.prefilter_margin, config.embed.quantize) == ("bf16", 0.03, None)
     config = parse("--embed-backend", "torch", "--embed-quantize", "none")
     assert (config.embed.backend, config.embed.quantize) == ("torch", None)
     assert PrepareConfig.from_dict(config.to_dict()).embed == config.embed

@@ -209,6 +209,42 @@ def test_ivf_index_records_its_recall_and_finds_the_same_duplicates(one_actor_ru
     assert ivf["rows"]["by_reason"] == manifest["rows"]["by_reason"]
 
 
+def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run, sample, tmp_path):
+    """--embed-prefilter int8 (any CPU; bf16 works alike on CPUs with bf16 units): only the texts of the pairs the
+    int8 search finds are embedded in fp32, and the pairs, similarities and decisions are the fp32 run's."""
+    output, manifest = one_actor_run
+    other_dir = tmp_path / "prefiltered"
+    other = run_job(other_dir, [sample[0]], tokenize_actors=1, rows_per_shard=200, embed_prefilter="int8")
+    assert other["rows"] == manifest["rows"]
+    for subdir in ("data", "rejected"):
+        ours, theirs = read_dir(output, subdir), read_dir(other_dir, subdir)
+        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+    ours = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
+    theirs = [r for t in read_dir(other_dir, "removed") for r in t.to_pylist()]
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in ours] == [
+        (r["id"], r["reason"], r["duplicate_of"]) for r in theirs
+    ]
+    # fp32 similarities (a text's vector moves by ~1e-7 with the texts sharing its batch), not int8 ones.
+    for a, b in zip(ours, theirs):
+        assert (a["similarity"] is None) == (b["similarity"] is None)
+        if a["similarity"] is not None:
+            assert abs(a["similarity"] - b["similarity"]) <= 1e-6
+    pairs = {(p["id_a"], p["id_b"]): p["similarity"]
+             for p in pq.read_table(os.path.join(output, "neighbors", "pairs")).to_pylist()}
+    confirmed = {(p["id_a"], p["id_b"]): p["similarity"]
+                 for p in pq.read_table(os.path.join(other_dir, "neighbors", "pairs")).to_pylist()}
+    assert confirmed.keys() == pairs.keys() and pairs
+    assert max(abs(pairs[k] - confirmed[k]) for k in pairs) <= 1e-6
+    prefilter = other["dedup"]["prefilter"]
+    assert prefilter["runtime"] == "onnx-int8" and other["dedup"]["vectors"]["runtime"] == "openvino-fp32"
+    assert 0 < prefilter["texts_confirmed"] < prefilter["texts"] == manifest["dedup"]["vectors"]["rows"]
+    assert prefilter["embedded"] == prefilter["texts_confirmed"]  # a fresh output: each confirmed text embedded once
+    assert prefilter["pairs_found"] > prefilter["pairs_recorded"] == len(pairs)
+    assert 1e-4 < prefilter["max_similarity_moved"] < prefilter["margin"]  # really int8, within its margin
+    card = (other_dir / "README.md").read_text()
+    assert "Pairs found by the int8 prefilter" in card and "Embedding runtime: `openvino-fp32`." in card
+
+
 def test_input_where_nothing_survives_gives_a_complete_empty_output(ray_local, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
