@@ -273,7 +273,7 @@ def ivf_scan(record: dict) -> list[str]:
 
 
 def int8_prefilter(record: dict) -> list[str]:
-    lines = ["## An int8 prefilter with fp32 re-embedding: projected, not built", ""] + _provenance(record)
+    lines = ["## An int8 prefilter with fp32 re-embedding: projected (since built: --embed-prefilter)", ""] + _provenance(record)
     rows = []
     for name, data in record["sets"].items():
         safe = data["smallest_safe_margin"]

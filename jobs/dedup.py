@@ -389,6 +389,7 @@ def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors,
         "floor": round(recorded - embed.margin, 6), "pairs_found": len(sims), "texts": plan.m,
         "texts_confirmed": len(ranks), "embedded": vectors.embedded, "pairs_recorded": int(keep.sum()),
         "max_similarity_moved": float(moved.max()) if len(moved) else 0.0,
+        "checkpoint": "/".join(vectors.stores[0].parts),  # the full-precision store
     }
     if summary["max_similarity_moved"] > embed.margin / 2:
         logger.warning("the %s prefilter moved a pair's similarity by %.4f, over half its margin %.3f: raise "
@@ -705,9 +706,12 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         if prefilter:
             with timings.stage("confirm"):
                 neighbors, manifest["prefilter"] = confirm_pairs(config, output, plan, neighbors, references)
-            # What the recorded similarities come from: the full-precision runtime.
-            runtime = config.embed.runtime("cpu")
-            manifest["vectors"].update(runtime=runtime, precision=runtime.rsplit("-", 1)[-1])
+            # What the recorded similarities come from: the full-precision runtime and its store; the prefilter's
+            # store is named under dedup.prefilter.
+            runtime, first_store = config.embed.runtime("cpu"), manifest["vectors"]["checkpoint"]
+            manifest["vectors"].update(runtime=runtime, precision=runtime.rsplit("-", 1)[-1],
+                                       checkpoint=manifest["prefilter"]["checkpoint"])
+            manifest["prefilter"]["checkpoint"] = first_store
     else:
         empty = np.empty(0, np.int64)
         neighbors = Neighbors(empty, empty, np.empty(0, np.float32), empty, np.empty(0, np.float32), 0)

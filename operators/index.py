@@ -920,20 +920,21 @@ class BatchFeeder:
     def start(self, phase: str, rows_per_batch: int = 0) -> None:
         """Begin a pass over `batches()`: "add" (each batch with its lists) or "search" (with its probes),
         regrouped into `rows_per_batch`-row batches when given."""
-        batches = self.batches()
+        batches = iter(self.batches())  # a list as well as a generator: `next` takes one item per call
         self._phase, self._pending = phase, _regrouped(batches, rows_per_batch) if rows_per_batch else batches
 
     def next(self):
         """(rows, ranks ref, vectors ref, lists or probes ref or None) of the next batch; None at the end."""
         import ray
 
-        for r, v in self._pending:
-            r, v = _check_batch(r, v, self.dim)
-            assignment = None
-            if self.assigner is not None:
-                assignment = ray.put(self.assigner.lists(v) if self._phase == "add" else self.assigner.probes(v))
-            return len(r), ray.put(r), ray.put(v), assignment
-        return None
+        batch = next(self._pending, None)
+        if batch is None:
+            return None
+        r, v = _check_batch(*batch, self.dim)
+        assignment = None
+        if self.assigner is not None:
+            assignment = ray.put(self.assigner.lists(v) if self._phase == "add" else self.assigner.probes(v))
+        return len(r), ray.put(r), ray.put(v), assignment
 
 
 def _fed(feeder, phase: str, rows_per_batch: int = 0):
@@ -1018,7 +1019,7 @@ def search_with_ray(
         added, queried = 0, 0
         pending: list = []
         # ivf: the coarse assignment is computed once per batch by the feeder and sent to every shard.
-        for rows, r_ref, v_ref, lists in _fed(feeder, "add", FEED_BATCH):
+        for _rows, r_ref, v_ref, lists in _fed(feeder, "add", FEED_BATCH):
             pending.append([actor.add.remote(r_ref, v_ref, lists) for actor in actors])
             if len(pending) > max_in_flight:
                 added += sum(ray.get(pending.pop(0)))

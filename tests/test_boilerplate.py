@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from operators import boilerplate, schema
 from operators.exact_dedup import DEDUP_KEY, DEDUP_TEXT, candidates, dedup_text, exact_key

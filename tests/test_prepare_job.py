@@ -237,6 +237,11 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
     assert max(abs(pairs[k] - confirmed[k]) for k in pairs) <= 1e-6
     prefilter = other["dedup"]["prefilter"]
     assert prefilter["runtime"] == "onnx-int8" and other["dedup"]["vectors"]["runtime"] == "openvino-fp32"
+    # Each store holds what its runtime embedded: every text in int8, the confirmed ones in fp32.
+    stores = {name: sum(pq.read_metadata(f).num_rows
+                        for f in glob.glob(os.path.join(other_dir, other["dedup"][name]["checkpoint"], "*.parquet")))
+              for name in ("prefilter", "vectors")}
+    assert stores == {"prefilter": prefilter["texts"], "vectors": prefilter["texts_confirmed"]}
     assert 0 < prefilter["texts_confirmed"] < prefilter["texts"] == manifest["dedup"]["vectors"]["rows"]
     assert prefilter["embedded"] == prefilter["texts_confirmed"]  # a fresh output: each confirmed text embedded once
     assert prefilter["pairs_found"] > prefilter["pairs_recorded"] == len(pairs)

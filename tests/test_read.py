@@ -129,7 +129,7 @@ def test_hf_save_to_disk_directory(tmp_path):
 
 
 def test_read_file_batches_gives_work_schema_with_ids_and_statuses(tmp_path):
-    path = write_jsonl(tmp_path / "d" / "x.jsonl", [json.dumps(CONV), "nope", json.dumps({"foo": 1})])
+    write_jsonl(tmp_path / "d" / "x.jsonl", [json.dumps(CONV), "nope", json.dumps({"foo": 1})])
     [item] = discover_inputs([str(tmp_path / "d")])
     [table] = list(read_file_batches(item, NormalizeConfig()))
     assert table.schema == schema.WORK_SCHEMA

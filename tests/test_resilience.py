@@ -22,7 +22,6 @@ from jobs.config import PrepareConfig
 from jobs.sample import SampleConfig, write_sample
 from jobs.vectors import VectorStore
 from operators import schema
-from operators.exact_dedup import TEXT_SHA1
 from operators.write import LOCK, Output
 
 ROOT = Path(__file__).resolve().parents[1]
