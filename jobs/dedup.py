@@ -211,6 +211,17 @@ class Vectors:
     lookup: HashLookup  # the representatives' text hashes, built once for the stored check and every index read
 
 
+def check_prefilter_device(config, cluster: dict) -> None:
+    """--embed-prefilter runs on CPU: refused before any work when this cluster would embed on its GPUs."""
+    if not (config.dedup.enabled and config.embed.prefilter):
+        return
+    if cluster.get("GPU", 0) > 0:
+        raise ValueError(
+            f"--embed-prefilter {config.embed.prefilter} is for CPU runs, and this cluster embeds on its "
+            f"{cluster['GPU']:g} GPUs (torch fp16, already fast): drop --embed-prefilter"
+        )
+
+
 def ensure_vectors(config, output: Output, plan: CandidatePlan, references=(), only: np.ndarray | None = None,
                    stage: str = "embed") -> Vectors:
     """Make sure the stores hold a vector for every representative's text (or those `only` marks), embedding
@@ -387,9 +398,11 @@ def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors,
     summary = {
         "precision": embed.prefilter, "runtime": embed.prefilter_pass().runtime("cpu"), "margin": embed.margin,
         "floor": round(recorded - embed.margin, 6), "pairs_found": len(sims), "texts": plan.m,
-        "texts_confirmed": len(ranks), "embedded": vectors.embedded, "pairs_recorded": int(keep.sum()),
+        "texts_confirmed": len(ranks), "pairs_recorded": int(keep.sum()),
         "max_similarity_moved": float(moved.max()) if len(moved) else 0.0,
-        "checkpoint": "/".join(vectors.stores[0].parts),  # the full-precision store
+        # The full-precision store and what this pass did to it (run_dedup moves these to dedup.vectors).
+        "checkpoint": "/".join(vectors.stores[0].parts), "embedded": vectors.embedded,
+        "reused": vectors.embedded == 0, "from_references": vectors.from_references,
     }
     if summary["max_similarity_moved"] > embed.margin / 2:
         logger.warning("the %s prefilter moved a pair's similarity by %.4f, over half its margin %.3f: raise "
@@ -706,12 +719,13 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         if prefilter:
             with timings.stage("confirm"):
                 neighbors, manifest["prefilter"] = confirm_pairs(config, output, plan, neighbors, references)
-            # What the recorded similarities come from: the full-precision runtime and its store; the prefilter's
-            # store is named under dedup.prefilter.
-            runtime, first_store = config.embed.runtime("cpu"), manifest["vectors"]["checkpoint"]
-            manifest["vectors"].update(runtime=runtime, precision=runtime.rsplit("-", 1)[-1],
-                                       checkpoint=manifest["prefilter"]["checkpoint"])
-            manifest["prefilter"]["checkpoint"] = first_store
+            # dedup.vectors says what the recorded similarities come from (the full-precision runtime, its store,
+            # what this run embedded in it); dedup.prefilter the same of the reduced-precision pass.
+            runtime, swapped = config.embed.runtime("cpu"), ("checkpoint", "embedded", "reused", "from_references")
+            first_pass = {key: manifest["vectors"][key] for key in swapped}
+            manifest["vectors"].update({key: manifest["prefilter"][key] for key in swapped},
+                                       runtime=runtime, precision=runtime.rsplit("-", 1)[-1])
+            manifest["prefilter"].update(first_pass)
     else:
         empty = np.empty(0, np.int64)
         neighbors = Neighbors(empty, empty, np.empty(0, np.float32), empty, np.empty(0, np.float32), 0)

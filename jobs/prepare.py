@@ -139,6 +139,9 @@ def run(config: PrepareConfig) -> dict:
     with open_output(config.output.path, config.output.overwrite, job_identity(config)) as output:
         offline = config.tokenizer.name_or_path == DEFAULT_TOKENIZER or os.path.isdir(config.tokenizer.name_or_path)
         ensure_ray(config.resources.address, offline)
+        from jobs.dedup import check_prefilter_device
+
+        check_prefilter_device(config, ray.cluster_resources())
         from ray.data import DataContext
 
         context = DataContext.get_current()

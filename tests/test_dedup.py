@@ -210,3 +210,16 @@ def test_key_digests_group_as_the_hex_keys_do_and_refuse_what_is_not_a_digest():
         with pytest.raises(ValueError, match="SHA-1 hex digests"):
             key_digests(pa.array(bad, pa.string()))
     assert len(key_digests(pa.array([], pa.string()))) == 0
+
+
+def test_prefilter_is_refused_up_front_where_the_cluster_embeds_on_gpus():
+    from jobs.config import PrepareConfig
+    from jobs.dedup import check_prefilter_device
+
+    prefiltered = PrepareConfig.from_options({"embed_prefilter": "bf16"})
+    check_prefilter_device(prefiltered, {"CPU": 16.0})  # CPU only: runs
+    check_prefilter_device(PrepareConfig.from_options({}), {"CPU": 16.0, "GPU": 2.0})  # no prefilter: runs
+    check_prefilter_device(PrepareConfig.from_options({"embed_prefilter": "bf16", "no_dedup": True}),
+                           {"CPU": 16.0, "GPU": 2.0})  # no dedup, nothing embedded
+    with pytest.raises(ValueError, match="--embed-prefilter bf16 is for CPU runs.*2 GPUs"):
+        check_prefilter_device(prefiltered, {"CPU": 16.0, "GPU": 2.0})

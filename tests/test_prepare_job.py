@@ -243,7 +243,9 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
               for name in ("prefilter", "vectors")}
     assert stores == {"prefilter": prefilter["texts"], "vectors": prefilter["texts_confirmed"]}
     assert 0 < prefilter["texts_confirmed"] < prefilter["texts"] == manifest["dedup"]["vectors"]["rows"]
-    assert prefilter["embedded"] == prefilter["texts_confirmed"]  # a fresh output: each confirmed text embedded once
+    # A fresh output: every text embedded once in int8, each confirmed one once in fp32.
+    assert (prefilter["embedded"], other["dedup"]["vectors"]["embedded"]) == (
+        prefilter["texts"], prefilter["texts_confirmed"])
     assert prefilter["pairs_found"] > prefilter["pairs_recorded"] == len(pairs)
     assert 1e-4 < prefilter["max_similarity_moved"] < prefilter["margin"]  # really int8, within its margin
     card = (other_dir / "README.md").read_text()
