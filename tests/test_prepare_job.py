@@ -33,6 +33,23 @@ def read_dir(output, subdir):
     return [pq.read_table(f) for f in sorted(glob.glob(os.path.join(output, subdir, "*.parquet")))]
 
 
+def assert_same_rows_and_removals(output, other_dir):
+    """Byte-equal data/ and rejected/; the same removals (id, reason, duplicate_of), similarities within 1e-6
+    (a text's vector moves by ~1e-7 with the texts sharing its embedding batch)."""
+    for subdir in ("data", "rejected"):
+        ours, theirs = read_dir(output, subdir), read_dir(other_dir, subdir)
+        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
+    ours = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
+    theirs = [r for t in read_dir(other_dir, "removed") for r in t.to_pylist()]
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in ours] == [
+        (r["id"], r["reason"], r["duplicate_of"]) for r in theirs
+    ]
+    for a, b in zip(ours, theirs):
+        assert (a["similarity"] is None) == (b["similarity"] is None)
+        if a["similarity"] is not None:
+            assert abs(a["similarity"] - b["similarity"]) <= 1e-6
+
+
 @pytest.fixture(scope="module")
 def one_actor_run(ray_local, sample, tmp_path_factory):
     output = tmp_path_factory.mktemp("out1")
@@ -104,18 +121,7 @@ def test_same_output_with_more_actors_and_index_shards(one_actor_run, sample, tm
         tokenize_batch_size=16, block_size_mb=0.02,
     )
     assert other["rows"] == manifest["rows"] and other["tokens"] == manifest["tokens"]
-    for subdir in ("data", "rejected"):
-        ours, theirs = read_dir(output, subdir), read_dir(other_dir, subdir)
-        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
-    ours = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
-    theirs = [r for t in read_dir(other_dir, "removed") for r in t.to_pylist()]
-    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in ours] == [
-        (r["id"], r["reason"], r["duplicate_of"]) for r in theirs
-    ]
-    for a, b in zip(ours, theirs):
-        assert (a["similarity"] is None) == (b["similarity"] is None)
-        if a["similarity"] is not None:
-            assert abs(a["similarity"] - b["similarity"]) <= 1e-6
+    assert_same_rows_and_removals(output, other_dir)
 
 
 def test_near_duplicates_across_files_are_found_and_explained(one_actor_run):
@@ -216,19 +222,7 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
     other_dir = tmp_path / "prefiltered"
     other = run_job(other_dir, [sample[0]], tokenize_actors=1, rows_per_shard=200, embed_prefilter="int8")
     assert other["rows"] == manifest["rows"]
-    for subdir in ("data", "rejected"):
-        ours, theirs = read_dir(output, subdir), read_dir(other_dir, subdir)
-        assert len(ours) == len(theirs) and all(a.equals(b) for a, b in zip(ours, theirs)), subdir
-    ours = [r for t in read_dir(output, "removed") for r in t.to_pylist()]
-    theirs = [r for t in read_dir(other_dir, "removed") for r in t.to_pylist()]
-    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in ours] == [
-        (r["id"], r["reason"], r["duplicate_of"]) for r in theirs
-    ]
-    # fp32 similarities (a text's vector moves by ~1e-7 with the texts sharing its batch), not int8 ones.
-    for a, b in zip(ours, theirs):
-        assert (a["similarity"] is None) == (b["similarity"] is None)
-        if a["similarity"] is not None:
-            assert abs(a["similarity"] - b["similarity"]) <= 1e-6
+    assert_same_rows_and_removals(output, other_dir)  # fp32 similarities, not int8 ones
     pairs = {(p["id_a"], p["id_b"]): p["similarity"]
              for p in pq.read_table(os.path.join(output, "neighbors", "pairs")).to_pylist()}
     confirmed = {(p["id_a"], p["id_b"]): p["similarity"]
