@@ -451,6 +451,14 @@ def summary_table(manifest: dict, output: str) -> str:
             f"index: ivf ({how}, {dedup['vectors']['rows']:,} rows): recall of the recorded pairs "
             f"{recall.get('recall', float('nan')):.4f} against exact search on {recall.get('sample_rows', 0):,} sampled rows"
         )
+    prefilter = dedup.get("prefilter")
+    if prefilter:
+        lines.append(
+            f"prefilter: {prefilter['precision']} search down to {prefilter['floor']:g}; "
+            f"{prefilter['texts_confirmed']:,} of {prefilter['texts']:,} texts embedded again in "
+            f"{dedup['vectors']['precision']} for every recorded pair; largest similarity move "
+            f"{prefilter['max_similarity_moved']:.4f} (margin {prefilter['margin']:g})"
+        )
     chosen = dedup.get("target_rows")
     if chosen:
         same = f" (any threshold in ({chosen['same_result_above']:.7g}, {chosen['threshold']:.7g}] gives these rows)" \

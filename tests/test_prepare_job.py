@@ -242,6 +242,10 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
         prefilter["texts"], prefilter["texts_confirmed"])
     assert prefilter["pairs_found"] > prefilter["pairs_recorded"] == len(pairs)
     assert 1e-4 < prefilter["max_similarity_moved"] < prefilter["margin"]  # really int8, within its margin
+    from jobs.runtime import summary_table
+
+    assert (f"prefilter: int8 search down to 0.7; {prefilter['texts_confirmed']:,} of {prefilter['texts']:,} texts "
+            "embedded again in fp32") in summary_table(other, str(other_dir))
     card = (other_dir / "README.md").read_text()
     assert "Pairs found by the int8 prefilter" in card and "Embedding runtime: `openvino-fp32`." in card
 
