@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import pyarrow as pa
 from inputs import generated_sharegpt, real_sharegpt
+from operators.embed_backends import cpu_has_bf16
 from machine import loadavg, machine, peak_rss_mb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,12 +113,6 @@ def fidelity(reference: np.ndarray, vectors: np.ndarray) -> dict:
         "removed_torch": {rule: int(r.sum()) for rule, r in ref_removed.items()},
         "changed_decisions": {rule: int(np.sum(removed[rule] != ref_removed[rule])) for rule in removed},
     }
-
-
-def cpu_has_bf16() -> bool:
-    import openvino
-
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def measure(name: str, texts: list[str], rounds: int, cache: str, variants: dict) -> dict:

@@ -44,9 +44,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow.parquet as pq
 from inputs import generated_sharegpt, real_sharegpt
+from operators.embed_backends import cpu_has_bf16
 from machine import loadavg, machine
 from process_tree import memory_record, run_sampled
 
@@ -62,12 +64,6 @@ def fast_backend_default() -> str:
     if measured.is_file():
         return json.loads(measured.read_text()).get("fastest_without_decision_changes", "openvino")
     return "openvino"
-
-
-def cpu_has_bf16() -> bool:
-    import openvino
-
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def commands(input_path: Path, out: Path, fast: str, bf16: bool) -> dict[str, list[str]]:

@@ -211,6 +211,14 @@ class Vectors:
     lookup: HashLookup  # the representatives' text hashes, built once for the stored check and every index read
 
 
+def vectors_record(vectors: Vectors) -> dict:
+    """What the manifest says of a run's vectors: their store, runtime and precision (anything but fp32 moves
+    similarities: fp16 on a GPU, bf16, int8; the card says so), and what this run embedded."""
+    return {"checkpoint": "/".join(vectors.stores[0].parts), "runtime": vectors.runtime,
+            "precision": vectors.runtime.rsplit("-", 1)[-1], "embedded": vectors.embedded,
+            "reused": vectors.embedded == 0, "from_references": vectors.from_references}
+
+
 def check_prefilter_device(config, cluster: dict) -> None:
     """--embed-prefilter runs on CPU: refused before any work when this cluster would embed on its GPUs."""
     if not (config.dedup.enabled and config.embed.prefilter):
@@ -373,9 +381,11 @@ def similarities_of_pairs(batches: VectorBatches, ranks: np.ndarray, a: np.ndarr
     return sims
 
 
-def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors, references=()) -> tuple[Neighbors, dict]:
+def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors,
+                  references=()) -> tuple[Neighbors, dict, Vectors]:
     """--embed-prefilter's second pass: the texts of every pair the reduced-precision search found are embedded in
-    full precision, and the pairs keep their full-precision similarity, down to the record threshold.
+    full precision, and the pairs keep their full-precision similarity, down to the record threshold. Returns the
+    pairs, the pass's summary, and the full-precision vectors.
 
     The decisions are those of a full-precision run whenever no pair's similarity moved by more than the margin
     between the two precisions (docs/notes.md, "Embedding in bf16"): the manifest records the largest move seen.
@@ -396,19 +406,15 @@ def confirm_pairs(config, output: Output, plan: CandidatePlan, found: Neighbors,
     top, top_sim = best_per_row(*both_ways, np.concatenate([sims, sims]), plan.m)
     best_rank[ranks], best_sim[ranks] = top[ranks], top_sim[ranks]
     summary = {
-        "precision": embed.prefilter, "runtime": embed.prefilter_pass().runtime("cpu"), "margin": embed.margin,
-        "floor": round(recorded - embed.margin, 6), "pairs_found": len(sims), "texts": plan.m,
-        "texts_confirmed": len(ranks), "pairs_recorded": int(keep.sum()),
+        "margin": embed.margin, "floor": round(recorded - embed.margin, 6), "pairs_found": len(sims),
+        "texts": plan.m, "texts_confirmed": len(ranks), "pairs_recorded": int(keep.sum()),
         "max_similarity_moved": float(moved.max()) if len(moved) else 0.0,
-        # The full-precision store and what this pass did to it (run_dedup moves these to dedup.vectors).
-        "checkpoint": "/".join(vectors.stores[0].parts), "embedded": vectors.embedded,
-        "reused": vectors.embedded == 0, "from_references": vectors.from_references,
     }
     if summary["max_similarity_moved"] > embed.margin / 2:
         logger.warning("the %s prefilter moved a pair's similarity by %.4f, over half its margin %.3f: raise "
                        "--embed-prefilter-margin", embed.prefilter, summary["max_similarity_moved"], embed.margin)
     neighbors = Neighbors(found.pairs_a[keep], found.pairs_b[keep], sims[keep], best_rank, best_sim, found.researched)
-    return neighbors, summary
+    return neighbors, summary, vectors
 
 
 def search(config, batches: VectorBatches, m: int, dim: int, floor: float) -> tuple[Neighbors, IndexConfig]:
@@ -706,26 +712,16 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
             neighbors, index_used = search(config, batches, m, dim, floor)
         manifest["index"] = {"kind": index_used.kind, "chosen_by_auto": config.index.kind == "auto",
                              "shards": index_used.shards, "gpu": index_used.gpu}
-        manifest["vectors"].update(
-            checkpoint="/".join(vectors.stores[0].parts), runtime=vectors.runtime, dim=dim,
-            # Anything but fp32 moves similarities (fp16 on a GPU, bf16, int8): the card says so.
-            precision=vectors.runtime.rsplit("-", 1)[-1],
-            embedded=vectors.embedded, reused=vectors.embedded == 0, from_references=vectors.from_references,
-            **batches.stats(),
-        )
+        manifest["vectors"].update(vectors_record(vectors), dim=dim, **batches.stats())
         if index_used.kind == "ivf":
             with timings.stage("ivf_recall"):
                 manifest["ivf_recall"] = measure_recall(batches, neighbors, m, floor)
         if prefilter:
             with timings.stage("confirm"):
-                neighbors, manifest["prefilter"] = confirm_pairs(config, output, plan, neighbors, references)
-            # dedup.vectors says what the recorded similarities come from (the full-precision runtime, its store,
-            # what this run embedded in it); dedup.prefilter the same of the reduced-precision pass.
-            runtime, swapped = config.embed.runtime("cpu"), ("checkpoint", "embedded", "reused", "from_references")
-            first_pass = {key: manifest["vectors"][key] for key in swapped}
-            manifest["vectors"].update({key: manifest["prefilter"][key] for key in swapped},
-                                       runtime=runtime, precision=runtime.rsplit("-", 1)[-1])
-            manifest["prefilter"].update(first_pass)
+                neighbors, summary, confirmed = confirm_pairs(config, output, plan, neighbors, references)
+            # dedup.vectors: what the recorded similarities come from; dedup.prefilter: the first pass.
+            manifest["prefilter"] = {**vectors_record(vectors), **summary}
+            manifest["vectors"].update(vectors_record(confirmed))
     else:
         empty = np.empty(0, np.int64)
         neighbors = Neighbors(empty, empty, np.empty(0, np.float32), empty, np.empty(0, np.float32), 0)

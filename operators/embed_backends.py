@@ -77,6 +77,13 @@ def export_quantization(quantize: str | None) -> str | None:
     return "int8" if quantize == "int8" else None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO finds bf16 units (AMX, AVX512_BF16) on this node's CPU."""
+    import openvino
+
+    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def openvino_precision(quantize: str | None, capabilities) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT for `quantize` on a CPU with `capabilities`, or a ValueError.
 

@@ -31,6 +31,7 @@ from operators.embed_backends import (
     ExportedEncoder,
     ExportSettings,
     RustTokenizer,
+    cpu_has_bf16,
     export_key,
     openvino_precision,
 )
@@ -110,12 +111,6 @@ def test_int8_is_a_different_lossy_export(exports, torch_result):
     files = sorted(Path(exports).glob(f"*/{ONNX_FILE}"), key=lambda p: p.stat().st_size)
     # int8 MatMul weights; the word-embedding table (47 of the 90 MB) stays float32
     assert len(files) >= 2 and files[0].stat().st_size < 0.75 * files[-1].stat().st_size
-
-
-def cpu_has_bf16() -> bool:
-    import openvino
-
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AMX or AVX512_BF16)")
