@@ -314,8 +314,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("embed_prefilter", "embed", "prefilter",
            "embed every text first in bf16 (OpenVINO, CPUs with AMX or AVX512_BF16) or int8 (ONNX Runtime), "
            "search those vectors a margin below the record threshold, and embed only the texts of the pairs found "
-           "again in full precision: every recorded similarity and decision is a full-precision one (default: none)",
-           choices=("none", "bf16", "int8"), convert=lambda v: None if v in (None, "none") else v),
+           "again in full precision: every recorded similarity and decision is a full-precision one. auto "
+           "(default): bf16 for the built-in embedder on the default CPU runtime when every node's CPU has bf16 "
+           "units, else none (every text in full precision)",
+           choices=("auto", "none", "bf16", "int8"), convert=lambda v: None if v == "none" else v),
     Option("embed_prefilter_margin", "embed", "prefilter_margin",
            "how far below the record threshold the prefilter searches (default: 0.02 for bf16, 0.2 for int8)",
            type=float),

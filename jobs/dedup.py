@@ -20,10 +20,10 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from jobs import progress
-from jobs.resources import IO_TASK_CPUS, largest_node_cpus, plan_embed, plan_index_cpus
+from jobs.resources import IO_TASK_CPUS, every_node_has_bf16, largest_node_cpus, plan_embed, plan_index_cpus
 from jobs.runtime import release_freed_memory
 from operators import schema
-from operators.embed import CUT, VECTOR, WINDOWS
+from operators.embed import CUT, PREFILTER_AUTO, PREFILTER_BACKEND, VECTOR, WINDOWS
 from operators.exact_dedup import (
     BOILERPLATE,
     CANDIDATE_SCHEMA,
@@ -220,14 +220,27 @@ def vectors_record(vectors: Vectors) -> dict:
 
 
 def check_prefilter_device(config, cluster: dict) -> None:
-    """--embed-prefilter runs on CPU: refused before any work when this cluster would embed on its GPUs."""
-    if not (config.dedup.enabled and config.embed.prefilter):
+    """--embed-prefilter bf16|int8 runs on CPU: refused before any work when this cluster would embed on its GPUs
+    (auto, the default, just runs in full precision there)."""
+    if not (config.dedup.enabled and config.embed.prefilter in PREFILTER_BACKEND):
         return
     if cluster.get("GPU", 0) > 0:
         raise ValueError(
             f"--embed-prefilter {config.embed.prefilter} is for CPU runs, and this cluster embeds on its "
             f"{cluster['GPU']:g} GPUs (torch fp16, already fast): drop --embed-prefilter"
         )
+
+
+def resolve_prefilter(config):
+    """The config with --embed-prefilter decided for this cluster (`EmbedConfig.resolve_prefilter`), and the
+    manifest's record of the choice."""
+    device = plan_embed(ray.cluster_resources(), config.resources.embed_actors, config.resources.embed_gpus_per_actor,
+                        node_cpus=largest_node_cpus()).device
+    embed, why = config.embed.resolve_prefilter(device, every_node_has_bf16)
+    if config.embed.prefilter == PREFILTER_AUTO:
+        logger.info("--embed-prefilter auto: %s (%s)", embed.prefilter or "none", why)
+    record = {"asked": config.embed.prefilter or "none", "used": embed.prefilter or "none", "why": why}
+    return dataclasses.replace(config, embed=embed), record
 
 
 def ensure_vectors(config, output: Output, plan: CandidatePlan, references=(), only: np.ndarray | None = None,
@@ -253,12 +266,16 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=(), o
     stores = [store, *reference_stores(references, key)]
     lookup = plan.lookup
     own = store.stored_in(lookup)
-    stored = own.copy()
+    lent = np.zeros(len(lookup), bool)
     for other in stores[1:]:
-        stored |= other.stored_in(lookup)
+        lent |= other.stored_in(lookup)
+    lent &= ~own
+    if only is not None:
+        lent &= only
+    from_references = int(np.sum(lent))
+    stored = own | lent
     if only is not None:
         stored |= ~only  # what is not wanted counts as stored
-    from_references = int(np.sum(stored & ~own))
     to_embed = plan.rep_ids.filter(pa.array(~stored))
     logger.info("vectors (%s): %d of %d texts already stored (%d in references), %d to embed", runtime,
                 len(lookup) - len(to_embed), len(lookup), from_references, len(to_embed))
@@ -690,6 +707,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
         del keys  # the plan holds what the rest needs (a copy, in priority order)
     m = plan.m
     logger.info("%d candidates, %d after exact dedup", len(plan.ids), m)
+    config, prefilter_choice = resolve_prefilter(config)
     prefilter = config.embed.prefilter
     # With --embed-prefilter the first pass embeds and searches in reduced precision, down to a margin below the
     # record threshold; confirm_pairs then gives every pair found its full-precision similarity.
@@ -700,6 +718,7 @@ def run_dedup(config, output: Output, rows: tuple[Output, tuple[str, ...]], timi
     manifest: dict = {
         "vectors": {"checkpoint": None, "reused": False, "runtime": None, "rows": 0, "embedded": 0},
         "boilerplate": boilerplate_summary,
+        "prefilter_choice": prefilter_choice,
     }
     if references:
         manifest["references"] = [

@@ -91,3 +91,18 @@ def plan_index_cpus(cluster_cpus: float, shards: int, requested: float | None) -
     if requested is not None:
         return requested
     return _floor_unit(min(1.0, (cluster_cpus - IO_RESERVE_CPUS) / shards))
+
+
+def every_node_has_bf16() -> bool:
+    """Whether every alive node's CPU has bf16 units (OpenVINO's capabilities), asked on each node by a task that
+    reserves no CPU: an embedding actor may land on any node, and bf16 on a CPU without them is an error."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from operators.embed_backends import cpu_has_bf16
+
+    check = ray.remote(num_cpus=0)(cpu_has_bf16)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    answers = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+               for node in nodes]
+    return bool(nodes) and all(ray.get(answers))

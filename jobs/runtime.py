@@ -453,8 +453,9 @@ def summary_table(manifest: dict, output: str) -> str:
         )
     prefilter = dedup.get("prefilter")
     if prefilter:
+        how = " (chosen by --embed-prefilter auto)" if (dedup.get("prefilter_choice") or {}).get("asked") == "auto" else ""
         lines.append(
-            f"prefilter: {prefilter['precision']} search down to {prefilter['floor']:g}; "
+            f"prefilter: {prefilter['precision']}{how} search down to {prefilter['floor']:g}; "
             f"{prefilter['texts_confirmed']:,} of {prefilter['texts']:,} texts embedded again in "
             f"{dedup['vectors']['precision']} for every recorded pair; largest similarity move "
             f"{prefilter['max_similarity_moved']:.4f} (margin {prefilter['margin']:g})"

@@ -89,6 +89,10 @@ MAX_TOKENS_LIMIT = 32767
 # generated answers (docs/notes.md, "Embedding in bf16"; int8: benchmarks/RESULTS.md, "An int8 prefilter").
 PREFILTER_BACKEND = {"bf16": "openvino", "int8": "onnx"}
 PREFILTER_MARGIN = {"bf16": 0.02, "int8": 0.2}
+# The default, "auto": the bf16 prefilter where its margin is measured and it runs (the built-in embedder on the
+# default CPU runtime, on CPUs with bf16 units), else every text in full precision (`EmbedConfig.resolve_prefilter`;
+# docs/notes.md, "Embedding in bf16").
+PREFILTER_AUTO = "auto"
 # Long texts are tokenized on a prefix of this many characters per word piece needed first. Measured on
 # the shared real data with MiniLM's tokenizer: 4.8 characters per piece in English answers, 3.1 in code,
 # 1.15 in Chinese, at most 6.5 in any row over 50 pieces; so 12 covers max_tokens + 1 pieces almost always,
@@ -120,10 +124,11 @@ class EmbedConfig:
     `quantize`: None (fp32), "int8" (onnx only) or "bf16" (openvino on a CPU with bf16 units); both lossy: they
     move similarities (docs/notes.md, "Embedding in bf16"; embed_backends).
     `export_dir`: where exports are cached (None: ~/.cache/chatsieve/embedders, shared by every output).
-    `prefilter`: None, "bf16" or "int8": every text is first embedded in that precision (OpenVINO bf16, ONNX
-    Runtime int8), the index searches those vectors down to `prefilter_margin` below the record threshold, and
-    only the texts of the pairs found are embedded again in full precision, which gives every recorded
-    similarity (jobs/dedup.py, `confirm_pairs`). `prefilter_margin`: None is PREFILTER_MARGIN's.
+    `prefilter`: "auto", None, "bf16" or "int8": every text is first embedded in that precision (OpenVINO bf16,
+    ONNX Runtime int8), the index searches those vectors down to `prefilter_margin` below the record threshold,
+    and only the texts of the pairs found are embedded again in full precision, which gives every recorded
+    similarity (jobs/dedup.py, `confirm_pairs`). "auto" is bf16 or None, decided by `resolve_prefilter` once the
+    job knows its device and CPUs. `prefilter_margin`: None is PREFILTER_MARGIN's.
     """
 
     model: str = BUILTIN_EMBEDDER
@@ -134,7 +139,7 @@ class EmbedConfig:
     backend: str = "auto"
     quantize: str | None = None
     export_dir: str | None = None
-    prefilter: str | None = None
+    prefilter: str | None = PREFILTER_AUTO
     prefilter_margin: float | None = None
 
     def __post_init__(self):
@@ -173,10 +178,15 @@ class EmbedConfig:
     def _check_prefilter(self) -> None:
         if self.prefilter is None:
             if self.prefilter_margin is not None:
-                raise ValueError("--embed-prefilter-margin needs --embed-prefilter bf16 or int8")
+                raise ValueError("--embed-prefilter-margin needs --embed-prefilter auto, bf16 or int8")
             return
-        if self.prefilter not in PREFILTER_BACKEND:
-            raise ValueError(f"embed prefilter must be None, 'bf16' or 'int8', got {self.prefilter!r}")
+        if self.prefilter != PREFILTER_AUTO and self.prefilter not in PREFILTER_BACKEND:
+            raise ValueError(f"embed prefilter must be 'auto', None, 'bf16' or 'int8', got {self.prefilter!r}")
+        margin = self.margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 < margin <= 0.5:
+            raise ValueError(f"--embed-prefilter-margin is a cosine difference in (0, 0.5], got {margin!r}")
+        if self.prefilter == PREFILTER_AUTO:
+            return  # resolve_prefilter says where it runs; any device and runtime may ask for auto
         if self.quantize:
             raise ValueError(
                 "--embed-prefilter confirms every pair in full precision: drop --embed-quantize "
@@ -184,14 +194,37 @@ class EmbedConfig:
             )
         if self.device == "cuda":
             raise ValueError("--embed-prefilter is for CPU runs; on a GPU the model runs in torch fp16")
-        margin = self.margin
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 < margin <= 0.5:
-            raise ValueError(f"--embed-prefilter-margin is a cosine difference in (0, 0.5], got {margin!r}")
 
     @property
     def margin(self) -> float:
         """How far below the record threshold the prefilter pass searches."""
-        return PREFILTER_MARGIN[self.prefilter] if self.prefilter_margin is None else self.prefilter_margin
+        if self.prefilter_margin is not None:
+            return self.prefilter_margin
+        return PREFILTER_MARGIN["bf16" if self.prefilter == PREFILTER_AUTO else self.prefilter]
+
+    def resolve_prefilter(self, device: str, has_bf16_units) -> tuple[EmbedConfig, str]:
+        """This config with `prefilter` decided for a run embedding on `device`, and why, in words.
+
+        "auto" becomes "bf16" only where its margin is measured and it runs: the built-in embedder, the default
+        CPU runtime, full precision asked for, a CPU device, and bf16 units on every node (`has_bf16_units()`,
+        called last: it asks the cluster). Anything else becomes None: every text in full precision."""
+        if self.prefilter != PREFILTER_AUTO:
+            why = "asked for" if self.prefilter else "off (--embed-prefilter none)"
+            return self, why
+        reasons = (
+            (device == "cuda", "the GPU embeds every text in torch fp16"),
+            (self.quantize is not None, f"--embed-quantize {self.quantize} embeds every text in {self.quantize}"),
+            (self.backend not in ("auto", PREFILTER_BACKEND["bf16"]), f"--embed-backend {self.backend} asked for"),
+            (self.model != BUILTIN_EMBEDDER,
+             f"its margin is measured on the built-in embedder only (--embed-prefilter bf16 uses it with {self.model})"),
+        )
+        for applies, why in reasons:
+            if applies:
+                return dataclasses.replace(self, prefilter=None, prefilter_margin=None), why
+        if not has_bf16_units():
+            return (dataclasses.replace(self, prefilter=None, prefilter_margin=None),
+                    "the CPUs have no bf16 units (AMX or AVX512_BF16)")
+        return dataclasses.replace(self, prefilter="bf16"), "the built-in embedder on CPUs with bf16 units"
 
     def prefilter_pass(self) -> EmbedConfig:
         """The config of the reduced-precision first pass: its runtime, quantized, with the same model and window."""

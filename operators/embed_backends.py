@@ -78,8 +78,11 @@ def export_quantization(quantize: str | None) -> str | None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO finds bf16 units (AMX, AVX512_BF16) on this node's CPU."""
-    import openvino
+    """Whether OpenVINO finds bf16 units (AMX, AVX512_BF16) on this node's CPU (False without OpenVINO)."""
+    try:
+        import openvino
+    except ImportError:
+        return False
 
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 

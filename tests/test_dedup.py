@@ -218,7 +218,7 @@ def test_prefilter_is_refused_up_front_where_the_cluster_embeds_on_gpus():
 
     prefiltered = PrepareConfig.from_options({"embed_prefilter": "bf16"})
     check_prefilter_device(prefiltered, {"CPU": 16.0})  # CPU only: runs
-    check_prefilter_device(PrepareConfig.from_options({}), {"CPU": 16.0, "GPU": 2.0})  # no prefilter: runs
+    check_prefilter_device(PrepareConfig.from_options({}), {"CPU": 16.0, "GPU": 2.0})  # auto: runs, in fp16
     check_prefilter_device(PrepareConfig.from_options({"embed_prefilter": "bf16", "no_dedup": True}),
                            {"CPU": 16.0, "GPU": 2.0})  # no dedup, nothing embedded
     with pytest.raises(ValueError, match="--embed-prefilter bf16 is for CPU runs.*2 GPUs"):

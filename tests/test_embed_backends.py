@@ -166,13 +166,50 @@ def test_prefilter_pass_is_the_reduced_precision_runtime_of_the_same_model():
     with pytest.raises(ValueError, match="drop --embed-quantize"):
         EmbedConfig(backend="onnx", quantize="int8", prefilter="int8")
     with pytest.raises(ValueError, match="needs --embed-prefilter"):
-        EmbedConfig(prefilter_margin=0.05)
+        EmbedConfig(prefilter=None, prefilter_margin=0.05)
+    with pytest.raises(ValueError, match="in \\(0, 0.5\\]"):
+        EmbedConfig(prefilter_margin=0.6)  # auto checks a margin it may use
     with pytest.raises(ValueError, match="in \\(0, 0.5\\]"):
         EmbedConfig(prefilter="bf16", prefilter_margin=0.0)
     with pytest.raises(ValueError, match="for CPU runs"):
         EmbedConfig(prefilter="bf16", device="cuda")
     with pytest.raises(ValueError, match="prefilter must be"):
         EmbedConfig(prefilter="fp16")
+
+
+def test_prefilter_auto_is_bf16_only_where_its_margin_is_measured_and_it_runs():
+    asked = []
+
+    def bf16_units(answer: bool):
+        def ask() -> bool:
+            asked.append(answer)
+            return answer
+        return ask
+
+    auto = EmbedConfig()
+    assert auto.prefilter == "auto"
+    chosen, why = auto.resolve_prefilter("cpu", bf16_units(True))
+    assert (chosen.prefilter, chosen.margin, why) == ("bf16", 0.02, "the built-in embedder on CPUs with bf16 units")
+    assert chosen.prefilter_pass().runtime("cpu") == "openvino-bf16" and chosen.runtime("cpu") == "openvino-fp32"
+    off, why = auto.resolve_prefilter("cpu", bf16_units(False))
+    assert off.prefilter is None and off.prefilter_margin is None and "no bf16 units" in why
+    assert EmbedConfig(prefilter_margin=0.05).resolve_prefilter("cpu", bf16_units(True))[0].margin == 0.05
+    # Decided without asking the cluster where the margin is unmeasured or the prefilter cannot run.
+    asked.clear()
+    for config, device, reason in (
+        (auto, "cuda", "GPU embeds every text in torch fp16"),
+        (EmbedConfig(backend="openvino", quantize="bf16"), "cpu", "--embed-quantize bf16"),
+        (EmbedConfig(backend="torch"), "cpu", "--embed-backend torch asked for"),
+        (EmbedConfig(model=str(resolve_model_path(BUILTIN_EMBEDDER))), "cpu", "built-in embedder only"),
+    ):
+        resolved, why = config.resolve_prefilter(device, bf16_units(True))
+        assert resolved.prefilter is None and reason in why
+        assert resolved == dataclasses.replace(config, prefilter=None)  # nothing else changes
+    assert asked == []
+    # An explicit choice is kept as it is, whatever the CPU.
+    for prefilter in ("bf16", "int8", None):
+        explicit = EmbedConfig(prefilter=prefilter)
+        assert explicit.resolve_prefilter("cpu", bf16_units(False))[0] is explicit
 
 
 def parse(*argv: str) -> PrepareConfig:
@@ -190,6 +227,7 @@ def test_flags_reach_the_config():
     assert (config.embed.prefilter, config.embed.prefilter_margin, config.embed.quantize) == ("bf16", 0.03, None)
     config = parse("--embed-backend", "torch", "--embed-quantize", "none")
     assert (config.embed.backend, config.embed.quantize) == ("torch", None)
+    assert (parse().embed.prefilter, parse("--embed-prefilter", "none").embed.prefilter) == ("auto", None)
     assert PrepareConfig.from_dict(config.to_dict()).embed == config.embed
 
 

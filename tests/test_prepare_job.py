@@ -53,9 +53,10 @@ def assert_same_rows_and_removals(output, other_dir):
 @pytest.fixture(scope="module")
 def one_actor_run(ray_local, sample, tmp_path_factory):
     output = tmp_path_factory.mktemp("out1")
-    # One read task per file (read_group_mb=0): the rows checkpoint has several files to order.
+    # One read task per file (read_group_mb=0): the rows checkpoint has several files to order. Every text in
+    # full precision (--embed-prefilter none): the reference the prefilter runs are compared with, on any CPU.
     manifest = run_job(output, [sample[0]], tokenize_actors=1, embed_actors=1, index_shards=1, rows_per_shard=200,
-                       read_group_mb=0)
+                       read_group_mb=0, embed_prefilter="none")
     return output, manifest
 
 
@@ -240,6 +241,7 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
     # A fresh output: every text embedded once in int8, each confirmed one once in fp32.
     assert (prefilter["embedded"], other["dedup"]["vectors"]["embedded"]) == (
         prefilter["texts"], prefilter["texts_confirmed"])
+    assert prefilter["from_references"] == other["dedup"]["vectors"]["from_references"] == 0  # no --against
     assert prefilter["pairs_found"] > prefilter["pairs_recorded"] == len(pairs)
     assert 1e-4 < prefilter["max_similarity_moved"] < prefilter["margin"]  # really int8, within its margin
     from jobs.runtime import summary_table
@@ -248,6 +250,33 @@ def test_int8_prefilter_confirmed_in_fp32_decides_as_the_fp32_run(one_actor_run,
             "embedded again in fp32") in summary_table(other, str(other_dir))
     card = (other_dir / "README.md").read_text()
     assert "Pairs found by the int8 prefilter" in card and "Embedding runtime: `openvino-fp32`." in card
+
+
+def cpu_flags() -> set[str]:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_default_prefilter_follows_the_cpu_and_decides_as_full_precision(one_actor_run, sample, tmp_path):
+    """--embed-prefilter auto, the default: the bf16 prefilter where the CPU has bf16 units (the kernel's flags
+    say), every text in full precision elsewhere; either way the rows and removals are the full-precision run's."""
+    output, manifest = one_actor_run
+    assert manifest["dedup"]["prefilter_choice"] == {"asked": "none", "used": "none",
+                                                     "why": "off (--embed-prefilter none)"}
+    other_dir = tmp_path / "auto"
+    other = run_job(other_dir, [sample[0]], tokenize_actors=1, rows_per_shard=200)
+    assert_same_rows_and_removals(output, other_dir)
+    choice, card = other["dedup"]["prefilter_choice"], (other_dir / "README.md").read_text()
+    if cpu_flags() & {"amx_bf16", "avx512_bf16"}:
+        assert choice == {"asked": "auto", "used": "bf16", "why": "the built-in embedder on CPUs with bf16 units"}
+        assert other["dedup"]["prefilter"]["runtime"] == "openvino-bf16"
+        assert other["dedup"]["vectors"]["runtime"] == "openvino-fp32"
+        assert "chosen by `--embed-prefilter auto`" in card
+    else:
+        assert choice == {"asked": "auto", "used": "none", "why": "the CPUs have no bf16 units (AMX or AVX512_BF16)"}
+        assert "prefilter" not in other["dedup"] and "prefilter" not in card
 
 
 def test_input_where_nothing_survives_gives_a_complete_empty_output(ray_local, tmp_path):
