@@ -11,11 +11,13 @@ below and then (with --rounds 2) in the reverse order:
                     --embed-backend torch: the naive script's work (answers embedded up to MiniLM's window,
                     every row with a near-duplicate removed), plus what chatsieve always does (exact dedup,
                     audit, manifest, report, card).
-  same_work_fast    the same with --embed-backend FAST (default: the fastest runtime that changed no decision
+  same_work_fast    the same with --embed-backend FAST --embed-prefilter none: every text in fp32 (FAST, default: the
+                    fastest runtime that changed no decision
                     in benchmarks/results/embed_backends.json, else openvino)
   same_work_bf16    the same with --embed-backend openvino --embed-quantize bf16, on CPUs with bf16 units (AMX,
                     AVX512_BF16) only: lossy, so its removals are compared with torch's
-  same_work_prefilter  the same with --embed-prefilter bf16 (bf16 CPUs only): bf16 search, pairs confirmed in fp32
+  same_work_default the same with the default embedding settings, on CPUs with bf16 units only (elsewhere the default
+                    is same_work_fast's): --embed-prefilter auto picks bf16 there: bf16 search, pairs confirmed in fp32
   defaults          chatsieve prepare with its defaults (every turn compared, keep the first of each group,
                     512-piece windows, the default CPU runtime): more work than the naive script.
 chatsieve runs with RAY_ADDRESS=local: a fresh local Ray started by the job (its start-up is in the time).
@@ -25,7 +27,7 @@ peak RSS of its process tree (sampled every 0.5 s from /proc, Ray's workers incl
 ratio naive wall / variant wall (> 1: faster than naive). Agreement: rows the naive script kept vs rows
 same_work_torch kept (by the (prompt, answer) pair), and removed rows that differ between same_work_torch and
 same_work_fast (the runtimes must agree), same_work_bf16 (reduced precision: may differ) and
-same_work_prefilter (fp32 decisions, if the margin holds).
+same_work_default (fp32 decisions, if the margin holds).
 
 No timing asserts; the load average is recorded with every run.
 """
@@ -72,15 +74,15 @@ def commands(input_path: Path, out: Path, fast: str, bf16: bool) -> dict[str, li
         "naive": [sys.executable, str(HERE / "naive_pipeline.py"), "--input", str(input_path),
                   "--output", str(out / "naive.parquet"), "--json", str(out / "naive.json")],
         "same_work_torch": [*prepare, "--output", str(out / "same_work_torch"), *SAME_WORK, "--embed-backend", "torch"],
-        "same_work_fast": [*prepare, "--output", str(out / "same_work_fast"), *SAME_WORK, "--embed-backend", fast],
+        "same_work_fast": [*prepare, "--output", str(out / "same_work_fast"), *SAME_WORK, "--embed-backend", fast,
+                           "--embed-prefilter", "none"],
         "same_work_bf16": [*prepare, "--output", str(out / "same_work_bf16"), *SAME_WORK,
                            "--embed-backend", "openvino", "--embed-quantize", "bf16"],
-        "same_work_prefilter": [*prepare, "--output", str(out / "same_work_prefilter"), *SAME_WORK,
-                                "--embed-prefilter", "bf16"],
+        "same_work_default": [*prepare, "--output", str(out / "same_work_default"), *SAME_WORK],
         "defaults": [*prepare, "--output", str(out / "defaults")],
     }
     if not bf16:
-        del runs["same_work_bf16"], runs["same_work_prefilter"]
+        del runs["same_work_bf16"], runs["same_work_default"]
     return runs
 
 
@@ -158,7 +160,7 @@ def measure_set(name: str, input_path: Path, scratch: Path, fast: str, rounds: i
             removed_ids(out / "same_work_torch") ^ removed_ids(out / "same_work_fast")
         ),
     }
-    for variant in ("same_work_bf16", "same_work_prefilter"):
+    for variant in ("same_work_bf16", "same_work_default"):
         if variant in runs:
             agreement[f"removed_dedup_differing_torch_vs_{variant.removeprefix('same_work_')}"] = len(
                 removed_ids(out / "same_work_torch") ^ removed_ids(out / variant)

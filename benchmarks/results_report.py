@@ -62,14 +62,15 @@ def end_to_end(record: dict) -> list[str]:
             lines.append("same_work_fast's process tree at its RSS peak (MB, largest first): " + ", ".join(
                 f"{entry['process']} {entry['rss_mb']:.0f}" for entry in breakdown) + ".")
             lines.append("")
-        prefilter = data["variants"].get("same_work_prefilter", {}).get("prefilter")
-        if prefilter:
-            lines.append(
-                f"same_work_prefilter: {prefilter['texts_confirmed']:,} of {prefilter['texts']:,} texts embedded again "
-                f"in fp32 ({prefilter['pairs_found']:,} pairs found down to {prefilter['floor']}, "
-                f"{prefilter['pairs_recorded']:,} recorded); largest similarity move bf16 -> fp32 "
-                f"{prefilter['max_similarity_moved']:.4f} (margin {prefilter['margin']}).")
-            lines.append("")
+        for variant, result in data["variants"].items():
+            prefilter = result.get("prefilter")
+            if prefilter:
+                lines.append(
+                    f"{variant}: {prefilter['precision']} prefilter, {prefilter['texts_confirmed']:,} of "
+                    f"{prefilter['texts']:,} texts embedded again in fp32 ({prefilter['pairs_found']:,} pairs found "
+                    f"down to {prefilter['floor']}, {prefilter['pairs_recorded']:,} recorded); largest similarity move "
+                    f"bf16 -> fp32 {prefilter['max_similarity_moved']:.4f} (margin {prefilter['margin']}).")
+                lines.append("")
         a = data["agreement"]
         lines.append(
             f"Kept by naive {a['kept_by_naive']:,}, by same_work_torch {a['kept_by_same_work_torch']:,}, by both "
@@ -77,9 +78,9 @@ def end_to_end(record: dict) -> list[str]:
             f"{a['removed_dedup_differing_torch_vs_fast']}"
             + (f"; between torch and same_work_bf16 (reduced precision): {a['removed_dedup_differing_torch_vs_bf16']}"
                if "removed_dedup_differing_torch_vs_bf16" in a else "")
-            + (f"; between torch and same_work_prefilter (bf16 search, fp32 pairs): "
-               f"{a['removed_dedup_differing_torch_vs_prefilter']}"
-               if "removed_dedup_differing_torch_vs_prefilter" in a else "") + "."
+            + "".join(f"; between torch and same_work_{name} (bf16 search, fp32 pairs): {a[key]}"
+                      for name in ("prefilter", "default")
+                      if (key := f"removed_dedup_differing_torch_vs_{name}") in a) + "."
         )
         lines.append("")
     return lines
@@ -287,6 +288,32 @@ def int8_prefilter(record: dict) -> list[str]:
                            "(0.90, what --record-threshold needs)"], rows)
 
 
+def prefilter_agreement(record: dict) -> list[str]:
+    lines = ["## The bf16 prefilter (the default on bf16 CPUs) against full fp32: the real job on every real data set",
+             ""] + _provenance(record)
+    lines.append(
+        f"`chatsieve prepare` over the {len(record['input']['files'])} files of {record['input']['directory']}, twice per "
+        "--dedup-on: `--embed-prefilter none` (every text in fp32) and `--embed-prefilter bf16`. Moves: over every "
+        "pair of texts whose fp32 cosine is at least the pair floor, |bf16 - fp32| from the two runs' vector stores "
+        "(every text is in both), not only over the pairs the prefilter found; missed: pairs at or above the record "
+        "threshold in fp32 whose bf16 similarity is below the prefilter's floor.")
+    lines.append("")
+    rows = []
+    for r in record["results"]:
+        moves, pairs, summary = r["moves"], r["pairs"], r["prefilter_summary"]
+        rows.append([r["dedup_on"], f"{r['rows']['read']:,}", f"{r['texts_embedded']:,}", r["fp32"]["wall_s"],
+                     r["prefilter"]["wall_s"], _x(r["speed_prefilter_vs_fp32"]),
+                     f"{summary['texts_confirmed']:,}", f"{r['removed']['fp32']:,}", r["removed"]["differ"],
+                     f"{pairs['fp32']:,}", pairs["only_fp32"] + pairs["only_prefilter"],
+                     f"{pairs['max_similarity_difference']:.1e}", f"{moves['pairs']:,} (>= {moves['pair_floor']})",
+                     f"{moves['max_moved']:.4f}", f"{moves['p99_moved']:.4f}", moves["missed_by_prefilter"],
+                     summary["margin"]])
+    return lines + _table(
+        ["dedup on", "rows read", "texts", "fp32 s", "prefilter s", "speed", "texts re-embedded", "removed (fp32)",
+         "removals differing", "pairs recorded (fp32)", "pairs in one run only", "max Δ similarity, both runs' pairs",
+         "text pairs compared", "max move bf16 vs fp32", "p99 move", "missed", "margin"], rows)
+
+
 def ray_overhead(record: dict) -> list[str]:
     lines = ["## Ray's own CPU while a pipeline runs (the tax on every stage)", ""] + _provenance(record)
     lines.append(
@@ -451,6 +478,7 @@ SECTIONS = (
     ("embed_backends", embed_backends),
     ("embed_bf16", embed_bf16),
     ("int8_prefilter", int8_prefilter),
+    ("prefilter_agreement", prefilter_agreement),
     ("tokenize_stage", tokenize_stage),
     ("embed_stage", embed_stage),
     ("ray_overhead", ray_overhead),

@@ -30,6 +30,8 @@ BENCHMARKS = (
     ("embed_backends", ["--real-rows", "1000", "--generated-rows", "5000", "--rounds", "1"],
      ["--real-rows", "200", "--generated-rows", "1000", "--rounds", "1"]),
     ("int8_prefilter", [], ["--real-rows", "300", "--generated-rows", "1000"]),
+    # On CPUs with bf16 units and with ../shared/data only (it says so and writes nothing elsewhere); ~1 h in full.
+    ("prefilter_agreement", [], ["--dedup-on", "user"]),
     ("ray_overhead", [], ["--pipeline-s", "20", "--idle-s", "10"]),
     ("end_to_end", [], ["--real-rows", "300", "--generated-rows", "2000"]),
     ("many_files", [], ["--files", "500", "--discover-files", "10000"]),

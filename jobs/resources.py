@@ -101,7 +101,7 @@ def every_node_has_bf16() -> bool:
 
     from operators.embed_backends import cpu_has_bf16
 
-    check = ray.remote(num_cpus=0)(cpu_has_bf16)
+    check = ray.remote(num_cpus=0, max_calls=1)(cpu_has_bf16)  # its worker exits: no idle process keeps OpenVINO
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     answers = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
                for node in nodes]
