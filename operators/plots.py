@@ -8,13 +8,15 @@ backend switch, no figure registry to leak, safe in a Ray worker or a notebook a
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from operators import schema
 from operators.report import AFTER, BEFORE, KEPT_VIEW
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCALES = ("auto", "linear", "log")
 # auto picks the log view when the linear one squashes the data: this share of the rows in the first
@@ -57,6 +59,9 @@ def similarity_png(histogram, threshold: float, record_threshold: float, scale: 
 def token_lengths_figure(histograms: dict, max_tokens: int, min_tokens: int = 0, scale: str = "auto") -> Figure:
     """Prompt, response and total token histograms (before/after the length filter, kept), with the
     --max-tokens line (and --min-tokens when set). `histograms` is manifest.json's tokens.histograms."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here, not at import: matplotlib is ~27 MB
+    from matplotlib.figure import Figure  # of RSS the driver would hold from its start
+
     fig = Figure(figsize=(15, 4.2), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(PANELS))
@@ -98,6 +103,9 @@ def token_lengths_figure(histograms: dict, max_tokens: int, min_tokens: int = 0,
 
 def similarity_figure(histogram, threshold: float, record_threshold: float, scale: str = "auto") -> Figure:
     """Each row's best-neighbour similarity (a SimilarityHistogram), with the threshold line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here, not at import: matplotlib is ~27 MB
+    from matplotlib.figure import Figure  # of RSS the driver would hold from its start
+
     fig = Figure(figsize=(9, 4.2), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()

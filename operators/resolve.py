@@ -27,8 +27,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +150,9 @@ def resolve_none(n: int, pairs_a, pairs_b, pairs_sim, threshold: float) -> Resol
 def components(n: int, pairs_a, pairs_b, pairs_sim, threshold: float) -> np.ndarray:
     """Connected component of each row in the graph of pairs >= threshold, labelled by its lowest rank."""
     a, b, _ = _edges(n, pairs_a, pairs_b, pairs_sim, threshold)
+    from scipy.sparse import coo_matrix  # here, not at import: ~17 MB in the driver and every worker importing
+    from scipy.sparse.csgraph import connected_components  # jobs.dedup, which only components() needs
+
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     # np.unique's first index of each label is the lowest rank in that component.
