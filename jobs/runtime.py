@@ -135,6 +135,11 @@ def ensure_ray(address: str | None, offline: bool) -> None:
     if in_submitted_job():
         ray.init()  # the job's runtime_env (cluster/runtime_env.yaml) already applies to every worker
         return
+    if address in (None, "local"):
+        # A local Ray of our own: no idle worker processes kept for reuse. Ray keeps up to one per CPU by default,
+        # each holding what its last task imported (~300 MB for a read worker); a task that finds none starts
+        # one (docs/notes.md, "Ray's own memory"). Read by the raylet this ray.init starts; a user's value wins.
+        os.environ.setdefault("RAY_num_workers_soft_limit", "0")
     env_vars = {"TOKENIZERS_PARALLELISM": "true"}
     if offline:
         # Offline defaults: fail loudly rather than touch a hub (read when huggingface_hub is imported).
