@@ -29,11 +29,14 @@ from operators.embed_backends import (
     ONNX_FILE,
     SETTINGS_FILE,
     ExportedEncoder,
+    OPENVINO_LENGTH_BUCKET,
     ExportSettings,
     RustTokenizer,
     cpu_has_bf16,
     export_key,
+    exported_model,
     openvino_precision,
+    padded_to_bucket,
 )
 
 TEXTS = [
@@ -262,6 +265,34 @@ def real_texts(shared_data):
     long = [text for text in texts if len(text) > 1500]
     assert len(long) >= 5  # the windowed path is really exercised
     return texts + TEXTS + ["  padded with spaces  ", "\ttabs\nand\r\nnew lines\n", "emoji 😀👍🏽 ½ ™"]
+
+
+def test_openvino_pads_lengths_to_its_bucket_and_the_vectors_stay_put(exports, real_texts):
+    """The OpenVINO runtime sees lengths in steps of OPENVINO_LENGTH_BUCKET (fewer shapes: less memory); the
+    padding is masked, so the vectors are those of the unpadded run up to float rounding."""
+    ids = np.array([[101, 7, 8, 102], [101, 9, 102, 0]])
+    mask = (ids > 0).astype(np.int64)
+    padded = padded_to_bucket({"input_ids": ids, "attention_mask": mask}, 16)
+    assert padded["input_ids"].shape == padded["attention_mask"].shape == (2, 16)
+    np.testing.assert_array_equal(padded["input_ids"][:, :4], ids)
+    assert not padded["input_ids"][:, 4:].any() and not padded["attention_mask"][:, 4:].any()
+    aligned = {"input_ids": np.ones((2, 32), np.int64), "attention_mask": np.ones((2, 32), np.int64)}
+    assert padded_to_bucket(aligned, 16) is aligned
+    assert padded_to_bucket({"input_ids": ids}, 16)["input_ids"] is ids  # no mask: never padded
+    model_dir = str(resolve_model_path(BUILTIN_EMBEDDER))
+    directory = exported_model(BUILTIN_EMBEDDER, model_dir, None, exports)  # the fp32 export
+    encoder = ExportedEncoder.lean(directory, ExportSettings.read(directory), "openvino", 2)
+    assert OPENVINO_LENGTH_BUCKET == 16
+    texts = real_texts[:48]
+    features = encoder._features(texts, None)
+    assert features["input_ids"].shape[1] % 16  # this batch's length is not a multiple: it really gets padded
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(directory / ONNX_FILE), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    unpadded = compiled(features)[0]
+    unpadded /= np.linalg.norm(unpadded, axis=1, keepdims=True)
+    ours = encoder.encode(texts, batch_size=len(texts))
+    assert np.max(1 - np.sum(ours * unpadded, axis=1)) < 1e-6
 
 
 def test_lean_encoder_is_the_model_preprocessing_without_torch(exports, real_texts):
