@@ -30,6 +30,7 @@ BENCHMARKS = (
     ("embed_backends", ["--real-rows", "1000", "--generated-rows", "5000", "--rounds", "1"],
      ["--real-rows", "200", "--generated-rows", "1000", "--rounds", "1"]),
     ("int8_prefilter", [], ["--real-rows", "300", "--generated-rows", "1000"]),
+    ("embed_length_bucket", [], ["--real-rows", "600", "--rounds", "1"]),
     # On CPUs with bf16 units and with ../shared/data only (it says so and writes nothing elsewhere); ~1 h in full.
     ("prefilter_agreement", [], ["--dedup-on", "user"]),
     ("ray_overhead", [], ["--pipeline-s", "20", "--idle-s", "10"]),
