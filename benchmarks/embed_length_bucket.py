@@ -1,12 +1,12 @@
 """OpenVINO's sequence-length bucket: the embedding actor's memory and speed with lengths padded to multiples of
-1 (no padding), 8, 16 (the default, OPENVINO_LENGTH_BUCKET) and 32, in fp32 and (on CPUs with bf16 units) bf16.
+1 (no padding), 8 (the default, OPENVINO_LENGTH_BUCKET), 16 and 32, in fp32 and (on CPUs with bf16 units) bf16.
 
     python benchmarks/embed_length_bucket.py                       # 3,000 real rows' answers, 2 rounds
     python benchmarks/embed_length_bucket.py --real-rows 600 --rounds 1 --out /tmp/bucket.json   # quick
 
 Why: OpenVINO's CPU plugin keeps memory for every input shape it has run, and a 256-piece window gives up to 256
 sequence lengths: the actor peaked at ~800 MB in the job (RESULTS.md, "End to end"). Padding lengths to a bucket
-bounds the shapes (16 lengths at 16); the padding is masked, so the vectors move by float rounding only, and each
+bounds the shapes (32 lengths at 8); the padding is masked, so the vectors move by float rounding only, and each
 batch embeds up to bucket - 1 pieces more per text.
 
 Each variant runs in a fresh process (a process's peak RSS never goes down), the stage as an actor runs it:

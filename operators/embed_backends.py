@@ -56,10 +56,10 @@ EXPORT_FORMAT = 2
 DEFAULT_CACHE = Path("~/.cache/chatsieve/embedders")
 OPENVINO_SHAPE_CACHE = 64  # compiled input shapes OpenVINO keeps (its default: 5,000)
 # OpenVINO runs sequences padded to a multiple of this many word pieces: its CPU plugin keeps memory for every
-# input shape it has run, and 16 lengths of a 256-piece window instead of 256 take ~120 MB (fp32) to ~180 MB
-# (bf16) off the actor's peak; the padding is masked, so vectors move by float rounding only (docs/notes.md,
-# "The embedding actor's memory").
-OPENVINO_LENGTH_BUCKET = 16
+# input shape it has run, and 32 lengths of a 256-piece window instead of 256 take ~90 MB (fp32) to ~150 MB (bf16)
+# off the actor's peak at the same speed (bf16: 10% faster); the padding is masked, so vectors move by float
+# rounding only (benchmarks/embed_length_bucket.py; docs/notes.md, "The embedding actor's memory").
+OPENVINO_LENGTH_BUCKET = 8
 
 
 def check_backend(backend: str, quantize: str | None) -> None:
