@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     finally:
         if not args.keep_outputs:
             shutil.rmtree(work, ignore_errors=True)
-    return run.write(args.out, input={"directory": str(args.data), "files": files}, results=results)
+    return run.write(args.out, input={"directory": os.path.relpath(args.data, REPO), "files": files}, results=results)
 
 
 if __name__ == "__main__":
