@@ -71,15 +71,29 @@ def child(batch: int, texts_path: Path, vectors_path: Path) -> dict:
     return record
 
 
-def run_variant(batch: int, texts_path: Path, scratch: Path) -> tuple[dict, np.ndarray]:
-    vectors_path = scratch / f"vectors-{batch}.npy"
+def run_child(script: str, child: str, texts_path: Path, vectors_path: Path) -> tuple[dict, np.ndarray]:
+    """Run `script --child CHILD` in a fresh process (its peak RSS is its own): its record and its vectors."""
     result = subprocess.run(
-        [sys.executable, __file__, "--child", str(batch), "--texts", str(texts_path), "--vectors", str(vectors_path)],
+        [sys.executable, script, "--child", child, "--texts", str(texts_path), "--vectors", str(vectors_path)],
         capture_output=True, text=True, check=False,
     )
     if result.returncode:
-        raise RuntimeError(f"batch {batch} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{Path(script).name} --child {child} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1]), np.load(vectors_path)
+
+
+def real_answers(scratch: Path, real_rows: int) -> tuple[list[str], Path]:
+    """The distinct answers of `real_rows` real rows, and a JSON file of them for the child processes."""
+    if not real_sharegpt(scratch / "real.jsonl", real_rows):
+        raise SystemExit("the real data (../shared/data) is missing")
+    texts = answers(scratch / "real.jsonl")
+    texts_path = scratch / "texts.json"
+    texts_path.write_text(json.dumps(texts))
+    return texts, texts_path
+
+
+def run_variant(batch: int, texts_path: Path, scratch: Path) -> tuple[dict, np.ndarray]:
+    return run_child(__file__, str(batch), texts_path, scratch / f"vectors-{batch}.npy")
 
 
 def main() -> None:
@@ -97,11 +111,7 @@ def main() -> None:
     run = BenchmarkRun("embed_batch_memory", REPO)
     with tempfile.TemporaryDirectory(prefix="embed-batch-") as scratch_name:
         scratch = Path(scratch_name)
-        if not real_sharegpt(scratch / "real.jsonl", args.real_rows):
-            raise SystemExit("the real data (../shared/data) is missing")
-        texts = answers(scratch / "real.jsonl")
-        texts_path = scratch / "texts.json"
-        texts_path.write_text(json.dumps(texts))
+        texts, texts_path = real_answers(scratch, args.real_rows)
         runs: dict[int, list[dict]] = {b: [] for b in BATCHES}
         vectors = {}
         for round_index in range(args.rounds):

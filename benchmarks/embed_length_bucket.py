@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from embed_backends import answers, embed_all, fidelity
-from embed_batch_memory import status_mb
-from inputs import real_sharegpt
+from embed_backends import embed_all, fidelity
+from embed_batch_memory import real_answers, run_child, status_mb
 from machine import BenchmarkRun, loadavg, peak_rss_mb
 
 from operators.embed_backends import cpu_has_bf16
@@ -65,13 +63,7 @@ def child(precision: str, bucket: int, texts_path: Path, vectors_path: Path) -> 
 
 
 def run_variant(precision: str, bucket: int, texts_path: Path, scratch: Path) -> tuple[dict, np.ndarray]:
-    vectors_path = scratch / f"vectors-{precision}-{bucket}.npy"
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", f"{precision}:{bucket}", "--texts", str(texts_path),
-         "--vectors", str(vectors_path)], capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise RuntimeError(f"{precision} bucket {bucket} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1]), np.load(vectors_path)
+    return run_child(__file__, f"{precision}:{bucket}", texts_path, scratch / f"vectors-{precision}-{bucket}.npy")
 
 
 def main() -> None:
@@ -92,11 +84,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="embed-bucket-") as scratch_name:
         scratch = Path(scratch_name)
-        if not real_sharegpt(scratch / "real.jsonl", args.real_rows):
-            raise SystemExit("the real data (../shared/data) is missing")
-        texts = answers(scratch / "real.jsonl")
-        texts_path = scratch / "texts.json"
-        texts_path.write_text(json.dumps(texts))
+        texts, texts_path = real_answers(scratch, args.real_rows)
         for precision in precisions:
             runs: dict[int, list[dict]] = {b: [] for b in BUCKETS}
             vectors = {}

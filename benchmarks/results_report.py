@@ -371,12 +371,16 @@ def vector_lookup(record: dict) -> list[str]:
     return lines + [""]
 
 
+def _answers_header(record: dict, title: str, fidelity: str) -> list[str]:
+    """Title, provenance and the texts line of a benchmark run on real answers in fresh processes."""
+    return ["## " + title, ""] + _provenance(record) + [
+        f"{record['texts']:,} distinct answers of {record['real_rows']:,} real rows, max_tokens {record['max_tokens']}, "
+        f"{record['threads']} threads, {record['rounds']} rounds; each run a fresh process. {fidelity}", ""]
+
+
 def embed_batch_memory(record: dict) -> list[str]:
-    lines = ["## The CPU embedding batch size: the actor's memory and speed", ""] + _provenance(record)
-    lines.append(f"{record['texts']:,} distinct answers of {record['real_rows']:,} real rows, max_tokens "
-                 f"{record['max_tokens']}, {record['threads']} threads, {record['rounds']} rounds; each run a fresh "
-                 "process. Fidelity against batch 32 (the earlier default).")
-    lines.append("")
+    lines = _answers_header(record, "The CPU embedding batch size: the actor's memory and speed",
+                            "Fidelity against batch 32 (the earlier default).")
     rows = []
     for batch, v in record["variants"].items():
         f = v["fidelity_vs_32"]
@@ -389,11 +393,8 @@ def embed_batch_memory(record: dict) -> list[str]:
 
 
 def embed_length_bucket(record: dict) -> list[str]:
-    lines = ["## OpenVINO's length bucket: the embedding actor's memory and speed", ""] + _provenance(record)
-    lines.append(f"{record['texts']:,} distinct answers of {record['real_rows']:,} real rows, max_tokens "
-                 f"{record['max_tokens']}, {record['threads']} threads, {record['rounds']} rounds; each run a fresh "
-                 "process. Bucket 1 is no padding; fidelity against it, in the same precision.")
-    lines.append("")
+    lines = _answers_header(record, "OpenVINO's length bucket: the embedding actor's memory and speed",
+                            "Bucket 1 is no padding; fidelity against it, in the same precision.")
     rows = []
     for precision, buckets in record["precisions"].items():
         for bucket, v in buckets.items():
