@@ -20,7 +20,9 @@ OLD_ROWS, NEW_ROWS = 120, 100
 
 def run_job(output, inputs, **options):
     config = PrepareConfig.from_options(
-        {"input": [str(i) for i in inputs], "output": str(output), "embed_actors": 1, **options}
+        # Every text in fp32 on any CPU: these tests follow how one full-precision store is filled and lent.
+        {"input": [str(i) for i in inputs], "output": str(output), "embed_actors": 1, "embed_prefilter": "none",
+         **options}
     )
     return prepare.run(config)
 
