@@ -265,17 +265,14 @@ def ensure_vectors(config, output: Output, plan: CandidatePlan, references=(), o
     store.remove_scratch()
     stores = [store, *reference_stores(references, key)]
     lookup = plan.lookup
+    wanted = np.ones(len(lookup), bool) if only is None else only
     own = store.stored_in(lookup)
     lent = np.zeros(len(lookup), bool)
     for other in stores[1:]:
         lent |= other.stored_in(lookup)
-    lent &= ~own
-    if only is not None:
-        lent &= only
+    lent &= wanted & ~own
     from_references = int(np.sum(lent))
-    stored = own | lent
-    if only is not None:
-        stored |= ~only  # what is not wanted counts as stored
+    stored = own | lent | ~wanted  # what is not wanted counts as stored
     to_embed = plan.rep_ids.filter(pa.array(~stored))
     logger.info("vectors (%s): %d of %d texts already stored (%d in references), %d to embed", runtime,
                 len(lookup) - len(to_embed), len(lookup), from_references, len(to_embed))

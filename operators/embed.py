@@ -218,12 +218,11 @@ class EmbedConfig:
             (self.model != BUILTIN_EMBEDDER,
              f"its margin is measured on the built-in embedder only (--embed-prefilter bf16 uses it with {self.model})"),
         )
-        for applies, why in reasons:
-            if applies:
-                return dataclasses.replace(self, prefilter=None, prefilter_margin=None), why
-        if not has_bf16_units():
-            return (dataclasses.replace(self, prefilter=None, prefilter_margin=None),
-                    "the CPUs have no bf16 units (AMX or AVX512_BF16)")
+        off = next((why for applies, why in reasons if applies), None)
+        if off is None and not has_bf16_units():
+            off = "the CPUs have no bf16 units (AMX or AVX512_BF16)"
+        if off:
+            return dataclasses.replace(self, prefilter=None, prefilter_margin=None), off
         return dataclasses.replace(self, prefilter="bf16"), "the built-in embedder on CPUs with bf16 units"
 
     def prefilter_pass(self) -> EmbedConfig:

@@ -329,8 +329,7 @@ def padded_to_bucket(feeds: dict[str, np.ndarray], bucket: int) -> dict[str, np.
     returned as they are."""
     if "attention_mask" not in feeds or any(feed.ndim != 2 for feed in feeds.values()):
         return feeds
-    length = next(iter(feeds.values())).shape[1] if feeds else 0
-    extra = -length % bucket
+    extra = -feeds["attention_mask"].shape[1] % bucket
     if not extra:
         return feeds
     return {name: np.pad(feed, ((0, 0), (0, extra))) for name, feed in feeds.items()}

@@ -56,14 +56,21 @@ def similarity_png(histogram, threshold: float, record_threshold: float, scale: 
     return _png(similarity_figure(histogram, threshold, record_threshold, scale))
 
 
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure on the Agg canvas. matplotlib is imported here, not with the module: ~27 MB of RSS the driver
+    would otherwise hold from its start."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def token_lengths_figure(histograms: dict, max_tokens: int, min_tokens: int = 0, scale: str = "auto") -> Figure:
     """Prompt, response and total token histograms (before/after the length filter, kept), with the
     --max-tokens line (and --min-tokens when set). `histograms` is manifest.json's tokens.histograms."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here, not at import: matplotlib is ~27 MB
-    from matplotlib.figure import Figure  # of RSS the driver would hold from its start
-
-    fig = Figure(figsize=(15, 4.2), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((15, 4.2))
     axes = fig.subplots(1, len(PANELS))
     for ax, (column, title) in zip(axes, PANELS):
         histogram = histograms.get(column) if histograms else None
@@ -103,11 +110,7 @@ def token_lengths_figure(histograms: dict, max_tokens: int, min_tokens: int = 0,
 
 def similarity_figure(histogram, threshold: float, record_threshold: float, scale: str = "auto") -> Figure:
     """Each row's best-neighbour similarity (a SimilarityHistogram), with the threshold line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here, not at import: matplotlib is ~27 MB
-    from matplotlib.figure import Figure  # of RSS the driver would hold from its start
-
-    fig = Figure(figsize=(9, 4.2), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((9, 4.2))
     ax = fig.subplots()
     edges, counts = histogram.trimmed(include=min(threshold, record_threshold))
     counts_array = np.asarray(counts)

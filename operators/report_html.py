@@ -242,4 +242,5 @@ def render_card(manifest: dict) -> str:
         index_kind=((manifest.get("dedup") or {}).get("index") or {}).get("kind", config["index"]["kind"]),
         vectors=(manifest.get("dedup") or {}).get("vectors") or {},
         prefilter=(manifest.get("dedup") or {}).get("prefilter"),
+        prefilter_choice=(manifest.get("dedup") or {}).get("prefilter_choice") or {},
     )
